@@ -1,0 +1,1 @@
+"""gridmesh: one policy-governed GPU grid across many sites."""
