@@ -1,0 +1,3 @@
+from gridmesh.agent.main import main
+
+main()

@@ -1,0 +1,82 @@
+"""``gridmesh-agent``: the host agent daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from gridmesh.agent.config import AgentConfig, ConfigError, load_config
+from gridmesh.agent.host import HostAgent
+from gridmesh.agent.session import Session
+from gridmesh.agent.state import LocalState
+from gridmesh.common import sdnotify
+from gridmesh.common.logs import setup_logging
+from gridmesh.common.model import HostId
+from gridmesh.hw.backend import open_backend
+from gridmesh.hw.model import HardwareError
+
+log = logging.getLogger("gridmesh.agent")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="gridmesh-agent", description="The gridmesh host agent.")
+    p.add_argument("--config", type=Path, help="TOML config file")
+    p.add_argument("--host-id")
+    p.add_argument("--site")
+    p.add_argument("--controller", help="controller address, HOST:PORT")
+    p.add_argument("--state-dir", type=Path)
+    p.add_argument("--hw-backend", choices=["auto", "nvml", "simulator"])
+    p.add_argument("--host-file", type=Path, help="simulated host description (TOML)")
+    p.add_argument("--underlay-address")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["json", "text"])
+    return p.parse_args(argv)
+
+
+async def run(cfg: AgentConfig) -> None:
+    backend = open_backend(cfg.hw_backend, cfg.host_file)
+    agent = HostAgent(HostId(cfg.host_id), backend, LocalState(cfg.state_dir))
+    agent.enforce_persisted()
+    log.info("agent started", extra={"host_id": cfg.host_id, "site": cfg.site, "backend": backend.name,
+                                     "applied_revision": agent.applied.revision, "controller": cfg.controller})
+    session = Session(agent, cfg.controller, cfg.site, cfg.underlay_address)
+    task = asyncio.create_task(session.run_forever(), name="session")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # Ready once local state is enforced: the host is safe even while the controller is away.
+    sdnotify.ready()
+    watchdog = asyncio.create_task(sdnotify.watchdog_loop())
+    await stop.wait()
+    sdnotify.stopping()
+    log.info("stopping")
+    task.cancel()
+    watchdog.cancel()
+    backend.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, host_id=args.host_id, site=args.site, controller=args.controller,
+                          state_dir=args.state_dir, hw_backend=args.hw_backend, host_file=args.host_file,
+                          underlay_address=args.underlay_address, log_level=args.log_level,
+                          log_format=args.log_format)
+    except ConfigError as e:
+        print(f"gridmesh-agent: {e}", file=sys.stderr)
+        sys.exit(2)
+    setup_logging(cfg.log_level, cfg.log_format)
+    try:
+        asyncio.run(run(cfg))
+    except HardwareError as e:
+        log.error("cannot read the host's hardware: %s", e)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from gridmesh.controller.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""gRPC servicers: the only controller code that speaks protobuf (with convert)."""

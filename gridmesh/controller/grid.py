@@ -1,0 +1,450 @@
+"""The controller's operations on the grid: what every API call, session message and placement round
+does to the stored state.
+
+Rules:
+- Each public method is one store transaction: it checks everything first and raises a GridError
+  (nothing written) or commits all of its changes together.
+- GPR state changes go through ``lifecycle.transition`` (recorded as events, with reasons).
+- A host's ``desired_revision`` is set to the committing revision whenever its allocations change;
+  that is the revision of the HostSpec its session sends next.
+- Placement decisions are not made here: ``apply_plan`` only re-checks and commits what the pure
+  scheduler proposed (Nomad's plan-apply), dropping what no longer fits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import TypeVar
+
+from gridmesh.common.model import (
+    AllocationId,
+    AllocationState,
+    AllocationStatus,
+    Event,
+    GprId,
+    GprState,
+    HostId,
+    HostState,
+    Inventory,
+    SiteName,
+)
+from gridmesh.controller import lifecycle
+from gridmesh.controller.errors import AlreadyExists, FailedPrecondition, NotFound
+from gridmesh.controller.model import (
+    Allocation,
+    BootstrapToken,
+    Gpr,
+    GprSpec,
+    Host,
+    Quota,
+    Site,
+    Workspace,
+)
+from gridmesh.controller.scheduler import Placement, Plan, Snapshot
+from gridmesh.controller.scheduler.firstfit import allowed_regions, host_exclusion
+from gridmesh.controller.store import Store, Tx
+
+S = GprState
+# GPRs the scheduler should look at: waiting ones, and held ones short of replicas (scaled up, drained).
+NEEDS_PLACEMENT = frozenset({S.PENDING, S.RUNNING, S.PROVISIONING, S.MIGRATING})
+T = TypeVar("T")
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(6)}"
+
+
+class Grid:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+
+    # -- sites and workspaces -----------------------------------------------------------------
+
+    def create_site(self, site: Site) -> Site:
+        if self.store.site(site.name):
+            raise AlreadyExists("site", site.name)
+        with self.store.write() as tx:
+            tx.put(site)
+            tx.event(self._event("site.created", site.name, "Created", f"site {site.name} ({site.tier.name.lower()}, "
+                                 f"region {site.region}) created"))
+        return self._must(self.store.site(site.name), "site", site.name)
+
+    def get_site(self, name: str) -> Site:
+        return self._must(self.store.site(name), "site", name)
+
+    def create_workspace(self, ws: Workspace) -> Workspace:
+        if self.store.workspace(ws.name):
+            raise AlreadyExists("workspace", ws.name)
+        with self.store.write() as tx:
+            tx.put(replace(ws, created_at=self.clock()))
+            tx.event(self._event("workspace.created", ws.name, "Created", f"workspace {ws.name} created"))
+        return self.get_workspace(ws.name)
+
+    def get_workspace(self, name: str) -> Workspace:
+        return self._must(self.store.workspace(name), "workspace", name)
+
+    def update_workspace(self, ws: Workspace) -> Workspace:
+        self.get_workspace(ws.name)
+        with self.store.write() as tx:
+            tx.put(ws)
+            tx.event(self._event("workspace.updated", ws.name, "Updated", f"workspace {ws.name} updated"))
+        return self.get_workspace(ws.name)
+
+    def set_quota(self, name: str, quota: Quota) -> Workspace:
+        return self.update_workspace(replace(self.get_workspace(name), quota=quota))
+
+    def delete_workspace(self, name: str) -> None:
+        self.get_workspace(name)
+        live = [g.id for g in self.store.all(Gpr) if g.spec.workspace == name and not g.state.terminal]
+        if live:
+            raise FailedPrecondition(f"workspace {name!r} still has {len(live)} active GPRs "
+                                     f"({', '.join(sorted(live)[:5])}); cancel them first")
+        with self.store.write() as tx:
+            tx.delete(Workspace, name)
+            tx.event(self._event("workspace.deleted", name, "Deleted", f"workspace {name} deleted"))
+
+    # -- bootstrap tokens ---------------------------------------------------------------------
+
+    def create_token(self, site: str, ttl_s: float, description: str) -> tuple[BootstrapToken, str]:
+        """A new one-time token; the secret is returned here and never again (only its hash is kept)."""
+        self.get_site(site)
+        secret = secrets.token_urlsafe(24)
+        token = BootstrapToken(
+            id=_new_id("tok"), site=SiteName(site), secret_sha256=hashlib.sha256(secret.encode()).hexdigest(),
+            expires_at=self.clock() + ttl_s, description=description,
+        )
+        with self.store.write() as tx:
+            tx.put(token)
+            tx.event(self._event("token.created", token.id, "Created", f"bootstrap token for site {site}"))
+        return self._must(self.store.get(BootstrapToken, token.id), "token", token.id), secret
+
+    def revoke_token(self, token_id: str) -> None:
+        self._must(self.store.get(BootstrapToken, token_id), "bootstrap token", token_id)
+        with self.store.write() as tx:
+            tx.delete(BootstrapToken, token_id)
+            tx.event(self._event("token.revoked", token_id, "Revoked", "bootstrap token revoked"))
+
+    # -- GPRs ----------------------------------------------------------------------------------
+
+    def submit_gpr(self, spec: GprSpec, request_id: str = "") -> Gpr:
+        """Stores a new PENDING GPR. The spec is already validated; references are checked here."""
+        if request_id:
+            for g in self.store.all(Gpr):
+                if g.request_id == request_id and g.spec.workspace == spec.workspace:
+                    return g  # an idempotent retry
+        self.get_workspace(spec.workspace)
+        for site in (spec.placement.site, spec.placement.origin_site):
+            if site is not None:
+                self.get_site(site)
+        now = self.clock()
+        gpr = Gpr(id=GprId(_new_id("gpr")), spec=spec, state=S.PENDING, created_at=now, updated_at=now,
+                  state_reason="waiting for placement", request_id=request_id)
+        with self.store.write() as tx:
+            tx.put(gpr)
+            tx.event(Event(kind="gpr.state", subject=gpr.id, reason="Submitted",
+                           message=f"submitted to workspace {spec.workspace}", time=now, to_state=S.PENDING.name,
+                           attributes=(("workspace", spec.workspace),)))
+        return self.get_gpr(gpr.id)
+
+    def get_gpr(self, gpr_id: str) -> Gpr:
+        return self._must(self.store.gpr(gpr_id), "GPR", gpr_id)
+
+    def cancel_gpr(self, gpr_id: str, reason: str = "") -> Gpr:
+        gpr = self.get_gpr(gpr_id)
+        if gpr.state.terminal:
+            raise FailedPrecondition(f"GPR {gpr_id} is already {gpr.state.name}; nothing to cancel")
+        with self.store.write() as tx:
+            self._release(tx, self.store.allocations_of_gpr(gpr.id))
+            lifecycle.transition(tx, gpr, S.CANCELLED, "Cancelled", reason or "cancelled by a client", self.clock())
+        return self.get_gpr(gpr_id)
+
+    def scale_gpr(self, gpr_id: str, replicas: int) -> Gpr:
+        """Changes the replica count; extra replicas are released at once, missing ones get placed."""
+        gpr = self.get_gpr(gpr_id)
+        if gpr.state.terminal:
+            raise FailedPrecondition(f"GPR {gpr_id} is {gpr.state.name}; it cannot be scaled")
+        with self.store.write() as tx:
+            tx.put(replace(gpr, spec=replace(gpr.spec, replicas=replicas), updated_at=self.clock()))
+            self._release(tx, [a for a in self.store.allocations_of_gpr(gpr.id) if a.replica >= replicas])
+            tx.event(self._event("gpr.scaled", gpr.id, "Scaled",
+                                 f"replicas {gpr.spec.replicas} -> {replicas}"))
+        return self.get_gpr(gpr_id)
+
+    def extend_gpr(self, gpr_id: str, extend_by_s: float) -> Gpr:
+        gpr = self.get_gpr(gpr_id)
+        if gpr.state.terminal:
+            raise FailedPrecondition(f"GPR {gpr_id} is {gpr.state.name}; it cannot be extended")
+        if gpr.spec.duration_s is None:
+            raise FailedPrecondition(f"GPR {gpr_id} has no duration; it runs until cancelled")
+        duration = gpr.spec.duration_s + extend_by_s
+        expires = gpr.expires_at + extend_by_s if gpr.expires_at is not None else None
+        with self.store.write() as tx:
+            tx.put(replace(gpr, spec=replace(gpr.spec, duration_s=duration), expires_at=expires,
+                           updated_at=self.clock()))
+            tx.event(self._event("gpr.extended", gpr.id, "Extended", f"duration extended by {extend_by_s:g}s"))
+        return self.get_gpr(gpr_id)
+
+    def expire_due(self) -> int:
+        """Ends every GPR whose duration ran out; returns how many."""
+        now = self.clock()
+        due = [g for g in self.store.all(Gpr) if g.expires_at is not None and g.expires_at <= now
+               and not g.state.terminal]
+        if due:
+            with self.store.write() as tx:
+                for gpr in due:
+                    self._release(tx, self.store.allocations_of_gpr(gpr.id))
+                    lifecycle.transition(tx, gpr, S.EXPIRED, "DurationElapsed",
+                                         f"its duration of {gpr.spec.duration_s:g}s elapsed", now)
+        return len(due)
+
+    # -- placement --------------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        store = self.store
+        allocations = tuple(store.all(Allocation))
+        held: dict[str, int] = {}
+        for a in allocations:
+            held[a.gpr_id] = held.get(a.gpr_id, 0) + 1
+        pending = tuple(g for g in store.all(Gpr) if g.state in NEEDS_PLACEMENT
+                        and held.get(g.id, 0) < g.spec.replicas)
+        return Snapshot(
+            revision=store.revision,
+            now=self.clock(),
+            sites={s.name: s for s in store.all(Site)},
+            hosts=tuple(sorted(store.all(Host), key=lambda h: h.id)),
+            workspaces={w.name: w for w in store.all(Workspace)},
+            allocations=allocations,
+            pending=pending,
+        )
+
+    def apply_plan(self, plan: Plan) -> int:
+        """Commits the placements of ``plan`` that still fit the current state; returns how many.
+
+        A GPR is committed whole or not at all: if any of its placements no longer fits (the host
+        went away, a GPU was taken, the GPR was cancelled), none of them is, and the next round
+        re-plans it from fresh state.
+        """
+        store = self.store
+        by_gpr: dict[GprId, list[int]] = {}
+        for i, p in enumerate(plan.placements):
+            by_gpr.setdefault(p.gpr_id, []).append(i)
+        now = self.clock()
+        committed = 0
+        with store.write() as tx:
+            used: dict[HostId, set[str]] = {}
+            for a in store.all(Allocation):
+                used.setdefault(a.host_id, set()).update(a.gpu_uuids)
+            for gpr_id, indexes in by_gpr.items():
+                gpr = store.gpr(gpr_id)
+                if gpr is None or gpr.state not in NEEDS_PLACEMENT:
+                    continue
+                have = {a.replica for a in store.allocations_of_gpr(gpr_id)}
+                placements = [plan.placements[i] for i in indexes]
+                if not self._still_fits(gpr, placements, have, used):
+                    continue
+                for p in placements:
+                    host = self._must(tx.get(Host, p.host_id), "host", p.host_id)
+                    tx.put(Allocation(id=AllocationId(_new_id("alloc")), gpr_id=gpr.id, workspace=gpr.spec.workspace,
+                                      replica=p.replica, host_id=p.host_id, site=p.site, gpu_indexes=p.gpu_indexes,
+                                      gpu_uuids=p.gpu_uuids, created_at=now))
+                    tx.put(replace(host, desired_revision=tx.revision))
+                    used.setdefault(p.host_id, set()).update(p.gpu_uuids)
+                hosts = ", ".join(f"{p.host_id} gpus {list(p.gpu_indexes)}" for p in placements)
+                if gpr.state is S.PENDING:
+                    lifecycle.transition(tx, gpr, S.PLACED, "Placed", f"placed on {hosts}", now)
+                else:
+                    lifecycle.transition(tx, gpr, S.PROVISIONING, "ReplicasPlaced", f"replicas placed on {hosts}", now)
+                committed += len(placements)
+        return committed
+
+    def note_unplaced(self, unplaced: Iterable[tuple[GprId, str]]) -> None:
+        """Records why pending GPRs stay pending, once per change of reason (not every round)."""
+        now = self.clock()
+        changed = []
+        for gpr_id, reason in unplaced:
+            gpr = self.store.gpr(gpr_id)
+            if gpr is not None and gpr.state is S.PENDING and gpr.state_reason != reason:
+                changed.append((gpr, reason))
+        if changed:
+            with self.store.write() as tx:
+                for gpr, reason in changed:
+                    tx.put(replace(gpr, state_reason=reason, updated_at=now))
+                    tx.event(self._event("gpr.unschedulable", gpr.id, "Unschedulable", reason))
+
+    def _still_fits(self, gpr: Gpr, placements: Sequence[Placement], have: set[int],
+                    used: dict[HostId, set[str]]) -> bool:
+        regions = allowed_regions(gpr, self.store.workspace(gpr.spec.workspace))
+        taken: set[str] = set()
+        for p in placements:
+            host = self.store.host(p.host_id)
+            if host is None or p.replica in have or p.replica >= gpr.spec.replicas:
+                return False
+            in_use = used.get(host.id, set()) | taken
+            if in_use & set(p.gpu_uuids):
+                return False
+            if host_exclusion(host, self.store.site(host.site), gpr, regions, []) is not None:
+                return False
+            taken.update(p.gpu_uuids)
+        return True
+
+    # -- hosts and their sessions -----------------------------------------------------------------
+
+    def get_host(self, host_id: str) -> Host:
+        return self._must(self.store.host(host_id), "host", host_id)
+
+    def host_connected(self, host_id: str, site: str, inventory: Inventory, applied_revision: int,
+                       underlay_address: str) -> Host:
+        """A host opened its session: record it (created on first contact) as connected."""
+        if self.store.site(site) is None:
+            raise FailedPrecondition(f"site {site!r} is not known to the controller; create it first "
+                                     "(gridctl site create)")
+        now = self.clock()
+        host = self.store.host(host_id)
+        if host is not None and host.site != site:
+            raise FailedPrecondition(f"host {host_id} is registered at site {host.site}, not {site}; "
+                                     "a host changes site only by being removed and enrolled again")
+        with self.store.write() as tx:
+            if host is None:
+                # A new host's first desired state (empty) gets a revision of its own to acknowledge.
+                host = Host(id=HostId(host_id), site=SiteName(site), state=HostState.OFFLINE, inventory=inventory,
+                            desired_revision=tx.revision)
+            new = replace(host, inventory=inventory, connected=True, state=host.admin_state,
+                          state_reason="session open", applied_revision=applied_revision, last_seen=now,
+                          underlay_address=underlay_address)
+            tx.put(new)
+            tx.event(self._event("host.state", host_id, "Connected",
+                                 f"session open: {len(inventory.gpus)} GPUs, applied revision {applied_revision}",
+                                 from_state=host.state.name, to_state=new.state.name))
+        return self.get_host(host_id)
+
+    def host_disconnected(self, host_id: str, why: str) -> None:
+        """The session ended. Its allocations stay: the agent keeps enforcing them (static stability)."""
+        host = self.store.host(host_id)
+        if host is None or not host.connected:
+            return
+        with self.store.write() as tx:
+            tx.put(replace(host, connected=False, state=HostState.OFFLINE, state_reason=why, last_seen=self.clock()))
+            tx.event(self._event("host.state", host_id, "Disconnected", why, from_state=host.state.name,
+                                 to_state=HostState.OFFLINE.name))
+
+    def spec_sent(self, host_id: str, revision: int) -> None:
+        """The host's session sent its HostSpec: PLACED GPRs with allocations there are provisioning."""
+        now = self.clock()
+        placed = {a.gpr_id for a in self.store.allocations_on_host(host_id)}
+        gprs = [g for g in (self.store.gpr(i) for i in placed) if g is not None and g.state is S.PLACED]
+        if gprs:
+            with self.store.write() as tx:
+                for gpr in gprs:
+                    lifecycle.transition(tx, gpr, S.PROVISIONING, "SpecSent",
+                                         f"host {host_id} received HostSpec revision {revision}", now)
+
+    def spec_acknowledged(self, host_id: str, revision: int, accepted: bool, reason: str,
+                          statuses: Iterable[AllocationStatus]) -> None:
+        """The agent applied (or rejected) a HostSpec revision and reports its allocations."""
+        host = self.get_host(host_id)
+        now = self.clock()
+        with self.store.write() as tx:
+            if accepted:
+                if revision > host.applied_revision:
+                    tx.put(replace(host, applied_revision=revision, last_seen=now))
+            else:
+                tx.event(self._event("host.error", host_id, "SpecRejected",
+                                     f"host rejected HostSpec revision {revision}: {reason}"))
+                # Fail what was being provisioned there; what already runs keeps running.
+                for a in self.store.allocations_on_host(host_id):
+                    if a.state is AllocationState.PENDING:
+                        self._fail_gpr(tx, a.gpr_id, "HostRejectedSpec",
+                                       f"host {host_id} rejected revision {revision}: {reason}", now)
+            self._apply_statuses(tx, host_id, statuses, now)
+
+    def host_status(self, host_id: str, inventory: Inventory, statuses: Iterable[AllocationStatus],
+                    events: Iterable[Event]) -> None:
+        """A periodic report: allocation states, inventory changes and the host's own events."""
+        host = self.get_host(host_id)
+        now = self.clock()
+        with self.store.write() as tx:
+            if inventory != host.inventory:
+                tx.put(replace(host, inventory=inventory, last_seen=now))
+            for e in events:
+                tx.event(replace(e, subject=host_id, seq=0, revision=0))
+            self._apply_statuses(tx, host_id, statuses, now)
+
+    def set_host_admin_state(self, host_id: str, state: HostState, reason: str) -> Host:
+        """Cordon (READY -> CORDONED), uncordon (-> READY) or drain (-> DRAINING, moving its work away)."""
+        host = self.get_host(host_id)
+        now = self.clock()
+        with self.store.write() as tx:
+            new = replace(host, admin_state=state, state=state if host.connected else HostState.OFFLINE,
+                          state_reason=reason or f"set to {state.name.lower()} by an operator")
+            tx.put(new)
+            tx.event(self._event("host.state", host_id, state.name.capitalize(), new.state_reason,
+                                 from_state=host.state.name, to_state=new.state.name))
+            if state is HostState.DRAINING:
+                # Break before make: the replicas here are released and re-placed elsewhere by the
+                # scheduler (make-before-break migration comes with capacity chasing).
+                allocations = self.store.allocations_on_host(host_id)
+                for gpr_id in {a.gpr_id for a in allocations}:
+                    gpr = self.store.gpr(gpr_id)
+                    if gpr is not None and gpr.state is S.RUNNING:
+                        lifecycle.transition(tx, gpr, S.MIGRATING, "HostDraining",
+                                             f"host {host_id} is draining; moving its replicas", now)
+                self._release(tx, allocations)
+        return self.get_host(host_id)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _apply_statuses(self, tx: Tx, host_id: str, statuses: Iterable[AllocationStatus], now: float) -> None:
+        touched: set[GprId] = set()
+        for s in statuses:
+            alloc = tx.get(Allocation, s.allocation_id)
+            if alloc is None or alloc.host_id != host_id:
+                continue  # released meanwhile, or not this host's: the host's next spec drops it
+            new = replace(alloc, state=s.state, state_reason=s.reason, device_uuids=s.device_uuids or alloc.gpu_uuids)
+            if new != alloc:
+                tx.put(new)
+                touched.add(alloc.gpr_id)
+        for gpr_id in sorted(touched):
+            gpr = tx.get(Gpr, gpr_id)
+            if gpr is None or gpr.state.terminal:
+                continue
+            allocations = [tx.get(Allocation, a.id) or a for a in self.store.allocations_of_gpr(gpr_id)]
+            failed = [a for a in allocations if a.state is AllocationState.FAILED]
+            if failed:
+                self._fail_gpr(tx, gpr_id, "AllocationFailed",
+                               f"host {failed[0].host_id} could not apply {failed[0].id}: {failed[0].state_reason}", now)
+            elif (gpr.state in (S.PROVISIONING, S.MIGRATING) and len(allocations) >= gpr.spec.replicas
+                  and all(a.state is AllocationState.RUNNING for a in allocations)):
+                hosts = ", ".join(sorted({a.host_id for a in allocations}))
+                lifecycle.transition(tx, gpr, S.RUNNING, "Running", f"all {len(allocations)} replicas running on {hosts}",
+                                     now)
+
+    def _fail_gpr(self, tx: Tx, gpr_id: str, reason: str, message: str, now: float) -> None:
+        gpr = tx.get(Gpr, gpr_id)
+        if gpr is None or gpr.state.terminal:
+            return
+        self._release(tx, self.store.allocations_of_gpr(gpr_id))
+        lifecycle.transition(tx, gpr, S.FAILED, reason, message, now)
+
+    def _release(self, tx: Tx, allocations: Iterable[Allocation]) -> None:
+        for a in allocations:
+            tx.delete(Allocation, a.id)
+            host = tx.get(Host, a.host_id)
+            if host is not None:
+                tx.put(replace(host, desired_revision=tx.revision))
+
+    def _event(self, kind: str, subject: str, reason: str, message: str, from_state: str = "",
+               to_state: str = "") -> Event:
+        return Event(kind=kind, subject=subject, reason=reason, message=message, time=self.clock(),
+                     from_state=from_state, to_state=to_state)
+
+    @staticmethod
+    def _must(obj: T | None, kind: str, key: str) -> T:
+        if obj is None:
+            raise NotFound(kind, key)
+        return obj
+

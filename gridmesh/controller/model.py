@@ -1,0 +1,174 @@
+"""The controller's stored objects: sites, hosts, workspaces, GPRs and allocations.
+
+Rules:
+- Frozen dataclasses; a change is a new value written through the store in one transaction.
+- ``revision`` is the global store revision at which the object last changed; the store sets it.
+- Validation of what clients send happens before these are built (``controller.api.validate``);
+  a value of these types is always valid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gridmesh.common.model import (
+    AllocationId,
+    AllocationState,
+    GprId,
+    GprState,
+    GpuUuid,
+    HostId,
+    HostState,
+    Inventory,
+    PlacementPolicy,
+    PriorityTier,
+    SharingMode,
+    SiteName,
+    SiteTier,
+    Workload,
+    WorkspaceName,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    name: SiteName
+    tier: SiteTier
+    region: str
+    price_per_gpu_hour: tuple[tuple[str, float], ...] = ()
+    latency_ms: tuple[tuple[str, float], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    id: HostId
+    site: SiteName
+    state: HostState
+    inventory: Inventory
+    state_reason: str = ""
+    connected: bool = False
+    # The store revision of the host's current desired HostSpec; bumped whenever its allocations change.
+    desired_revision: int = 0
+    applied_revision: int = 0
+    last_seen: float = 0.0
+    underlay_address: str = ""
+    # The state an operator set (READY, CORDONED or DRAINING); ``state`` is OFFLINE while disconnected.
+    admin_state: HostState = HostState.READY
+    revision: int = 0
+
+    @property
+    def schedulable(self) -> bool:
+        return self.connected and self.state is HostState.READY
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    max_gpus: int = 0  # 0 means unlimited
+    guaranteed_gpus: int = 0
+    borrow_limit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Workspace:
+    name: WorkspaceName
+    description: str = ""
+    fair_share_weight: float = 1.0
+    quota: Quota = field(default_factory=Quota)
+    allowed_regions: tuple[str, ...] = ()
+    overlay_cidr: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+    created_at: float = 0.0
+    revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GpuShape:
+    count: int = 1
+    models: tuple[str, ...] = ()
+    min_memory_mib: int = 0
+    min_compute_capability: str = ""
+    mig_profile: str = ""
+    fraction: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementSpec:
+    policy: PlacementPolicy = PlacementPolicy.REDISTRIBUTABLE
+    tier: SiteTier | None = None
+    site: SiteName | None = None
+    tier_preference: tuple[SiteTier, ...] = ()
+    origin_site: SiteName | None = None
+    allowed_regions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RedistributionPolicy:
+    may_migrate: bool = False
+    preemptible: bool = False
+    min_runtime_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class GprSpec:
+    workspace: WorkspaceName
+    shape: GpuShape
+    priority_tier: PriorityTier
+    priority: int
+    name: str = ""
+    sharing: SharingMode = SharingMode.EXCLUSIVE
+    placement: PlacementSpec = field(default_factory=PlacementSpec)
+    duration_s: float | None = None
+    redistribution: RedistributionPolicy = field(default_factory=RedistributionPolicy)
+    replicas: int = 1
+    workload: Workload = field(default_factory=Workload)
+    labels: tuple[tuple[str, str], ...] = ()
+    model_artifact: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Gpr:
+    id: GprId
+    spec: GprSpec
+    state: GprState
+    created_at: float
+    updated_at: float
+    state_reason: str = ""
+    running_since: float | None = None
+    expires_at: float | None = None
+    request_id: str = ""
+    revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """One GPR replica bound to a host and its devices."""
+
+    id: AllocationId
+    gpr_id: GprId
+    workspace: WorkspaceName
+    replica: int
+    host_id: HostId
+    site: SiteName
+    gpu_indexes: tuple[int, ...]
+    gpu_uuids: tuple[GpuUuid, ...]
+    created_at: float
+    mig_profile: str = ""
+    device_uuids: tuple[str, ...] = ()
+    state: AllocationState = AllocationState.PENDING
+    state_reason: str = ""
+    revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapToken:
+    """A one-time enrollment token. Only a hash of the secret is stored; the secret is shown once."""
+
+    id: str
+    site: SiteName
+    secret_sha256: str
+    expires_at: float
+    description: str = ""
+    used: bool = False
+    revision: int = 0

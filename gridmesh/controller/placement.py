@@ -1,0 +1,36 @@
+"""The placement loop: snapshot -> pure plan -> re-checked apply, whenever the grid changes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gridmesh.controller import scheduler
+from gridmesh.controller.grid import Grid
+
+log = logging.getLogger("gridmesh.controller.placement")
+
+
+def placement_round(grid: Grid) -> int:
+    """One round: expire what is due, plan the pending GPRs, commit what still fits."""
+    grid.expire_due()
+    snapshot = grid.snapshot()
+    if not snapshot.pending:
+        return 0
+    plan = scheduler.plan(snapshot)
+    placed = grid.apply_plan(plan)
+    grid.note_unplaced(plan.unplaced)
+    if placed:
+        log.info("placed", extra={"placements": placed, "revision": snapshot.revision})
+    return placed
+
+
+async def placement_loop(grid: Grid, interval_s: float = 1.0) -> None:
+    """Runs a round on every change of the grid, and at least every ``interval_s`` (for expiry)."""
+    while True:
+        try:
+            placement_round(grid)
+        except Exception:
+            # A bug in one round must not stop placement for good; the next change retries.
+            log.exception("placement round failed")
+        await grid.store.wait_for_change(grid.store.revision, timeout=interval_s)
