@@ -88,6 +88,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 status_interval_seconds=self.status_interval_s))
             sent = -1
             while True:
+                # Read the revision before the host: a change while the spec is being sent (the
+                # yield below lets other tasks run) then wakes the wait at once instead of being lost.
+                seen = self.store.revision
                 host = self.grid.get_host(host_id)
                 if host.desired_revision != sent:
                     spec = build_host_spec(host, self.store.allocations_on_host(host_id),
@@ -97,7 +100,6 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     sent = spec.revision
                     log.info("spec sent", extra={"host_id": host_id, "revision": spec.revision,
                                                  "allocations": len(spec.allocations)})
-                seen = self.store.revision
                 change = asyncio.create_task(self.store.wait_for_change(seen))
                 replaced = asyncio.create_task(ended.wait())
                 done, _ = await asyncio.wait({change, replaced, reader}, return_when=asyncio.FIRST_COMPLETED)
