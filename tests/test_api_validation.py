@@ -104,7 +104,7 @@ BAD_SUBMITS = [
 @pytest.mark.parametrize(("case", "bad", "status", "words"), BAD_SUBMITS, ids=[c[0] for c in BAD_SUBMITS])
 def test_bad_submit(stubs: tuple[admin_pb2_grpc.AdminServiceStub, provision_pb2_grpc.ProvisionServiceStub],
                     case: str, bad: pb.GprSpec, status: str, words: list[str]) -> None:
-    admin, provision = stubs
+    _, provision = stubs
     before = provision.ListGprs(provision_pb2.ListGprsRequest()).revision
     with pytest.raises(grpc.RpcError) as err:
         provision.SubmitGpr(provision_pb2.SubmitGprRequest(spec=bad))

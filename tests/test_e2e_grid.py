@@ -4,6 +4,7 @@ different tiers, GPRs submitted over gRPC, placed, sent to hosts, acknowledged a
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def test_gprs_reach_running_on_hosts_that_satisfy_them(grid: LocalGrid, clients:
         assert sum(len(a.device_uuids) for a in gpr.allocations) == gpr.spec.shape.count
     # The three allocations' GPUs on core-c and near-b are distinct devices of the host.
     for host_id in ("core-c", "near-b", "edge-a"):
-        h = wait_for(lambda host_id=host_id: converged(c, host_id), what=f"{host_id} converged")
+        h = wait_for(functools.partial(converged, c, host_id), what=f"{host_id} converged")
         assert agent_applied(grid, host_id)["revision"] == h.applied_revision == h.desired_revision
         uuids = {g.uuid for g in h.inventory.gpus}
         allocated = [u for g in (h100, edge, eu_big) for a in c.provision.GetGpr(
@@ -129,8 +130,11 @@ def test_killed_agent_resumes_without_losing_or_duplicating_allocations(grid: Lo
         assert c.provision.GetGpr(provision_pb2.GetGprRequest(id=g.id)).state == pb.GPR_STATE_RUNNING
     # Work that needs that host waits, and says why.
     waiting = submit(c, "llm", models=["H100 80GB HBM3"], count=1)
-    explanation = wait_for(lambda: (e := c.provision.ExplainGpr(provision_pb2.ExplainGprRequest(id=waiting.id)))
-                           .hosts_considered == 3 and e, what="explanation")
+    def explained() -> provision_pb2.Explanation | None:
+        e: provision_pb2.Explanation = c.provision.ExplainGpr(provision_pb2.ExplainGprRequest(id=waiting.id))
+        return e if e.hosts_considered == 3 else None
+
+    explanation = wait_for(explained, what="explanation")
     assert explanation.hosts_feasible == 0
     assert {x.constraint: x.hosts_excluded for x in explanation.exclusions} == {"host_state": 1, "gpu_model": 2}
 
@@ -146,7 +150,7 @@ def test_killed_agent_resumes_without_losing_or_duplicating_allocations(grid: Lo
     assert len(ids) == len(set(ids)) == 4
     assert set(ids) == {a[0] for v in before.values() for a in v} | {
         a.id for a in c.provision.GetGpr(provision_pb2.GetGprRequest(id=waiting.id)).allocations}
-    assert applied_before["revision"] <= applied["revision"]
+    assert int(applied_before["revision"]) <= int(applied["revision"])  # type: ignore[call-overload]
 
 
 def test_cancel_releases_devices_on_the_host(grid: LocalGrid, clients: Clients) -> None:

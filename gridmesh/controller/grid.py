@@ -415,13 +415,14 @@ class Grid:
             allocations = [tx.get(Allocation, a.id) or a for a in self.store.allocations_of_gpr(gpr_id)]
             failed = [a for a in allocations if a.state is AllocationState.FAILED]
             if failed:
+                first = failed[0]
                 self._fail_gpr(tx, gpr_id, "AllocationFailed",
-                               f"host {failed[0].host_id} could not apply {failed[0].id}: {failed[0].state_reason}", now)
+                               f"host {first.host_id} could not apply {first.id}: {first.state_reason}", now)
             elif (gpr.state in (S.PROVISIONING, S.MIGRATING) and len(allocations) >= gpr.spec.replicas
                   and all(a.state is AllocationState.RUNNING for a in allocations)):
                 hosts = ", ".join(sorted({a.host_id for a in allocations}))
-                lifecycle.transition(tx, gpr, S.RUNNING, "Running", f"all {len(allocations)} replicas running on {hosts}",
-                                     now)
+                lifecycle.transition(tx, gpr, S.RUNNING, "Running",
+                                     f"all {len(allocations)} replicas running on {hosts}", now)
 
     def _fail_gpr(self, tx: Tx, gpr_id: str, reason: str, message: str, now: float) -> None:
         gpr = tx.get(Gpr, gpr_id)

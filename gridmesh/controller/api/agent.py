@@ -70,7 +70,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                                                                                       hello.underlay_address, 64))
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the edge
+        except Exception as exc:
             await abort_for(context, exc, "Session")
             return
 
@@ -106,7 +106,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 change.cancel()
                 replaced.cancel()
                 if reader in done:
-                    why = "agent closed the session" if reader.exception() is None else f"session lost: {reader.exception()}"
+                    error = reader.exception()
+                    why = "agent closed the session" if error is None else f"session lost: {error}"
                     break
                 if replaced in done:
                     why = "replaced by a newer session of the same host"

@@ -37,7 +37,7 @@ def unary(
             return await fn(self, request, context)
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the edge: everything becomes a status
+        except Exception as exc:
             await abort_for(context, exc, fn.__name__)
             raise AssertionError("unreachable: abort raises") from exc
 
@@ -54,7 +54,7 @@ def streaming(
                 yield item
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the edge: everything becomes a status
+        except Exception as exc:
             await abort_for(context, exc, fn.__name__)
 
     return wrapper

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
-from gridmesh.common.model import GprId, GpuHealth, GpuInfo, GpuUuid, HostId, PlacementPolicy
+from gridmesh.common.model import GprId, GprState, GpuHealth, GpuInfo, GpuUuid, HostId, PlacementPolicy
 from gridmesh.controller.model import Gpr, GpuShape, Host, Site, Workspace
 from gridmesh.controller.scheduler.types import Exclusion, Explanation, Placement, Plan, Snapshot
 
@@ -123,9 +123,10 @@ def plan(snapshot: Snapshot) -> Plan:
         workspace = snapshot.workspaces.get(gpr.spec.workspace)
         shape = gpr.spec.shape
         need = shape.count * gpr.spec.replicas
-        if workspace and workspace.quota.max_gpus and gpus_by_workspace[workspace.name] + need > workspace.quota.max_gpus:
-            unplaced.append((gpr.id, f"workspace quota: {gpus_by_workspace[workspace.name]} of "
-                                     f"{workspace.quota.max_gpus} GPUs in use, {need} more asked"))
+        limit = workspace.quota.max_gpus if workspace else 0
+        held = gpus_by_workspace[gpr.spec.workspace]
+        if limit and held + need > limit:
+            unplaced.append((gpr.id, f"workspace quota: {held} of {limit} GPUs in use, {need} more asked"))
             continue
         regions = allowed_regions(gpr, workspace)
         chosen: list[Placement] = []
@@ -182,7 +183,7 @@ def explain(snapshot: Snapshot, gpr: Gpr) -> Explanation:
     pending = sorted(snapshot.pending, key=service_order)
     position = next((i + 1 for i, p in enumerate(pending) if p.id == gpr.id), 0)
     unsupported = _unsupported(gpr)
-    if not gpr.state.name == "PENDING":
+    if gpr.state is not GprState.PENDING:
         summary = f"{gpr.state.name.lower()}: {gpr.state_reason}"
     elif unsupported:
         summary = f"pending: {unsupported}"
