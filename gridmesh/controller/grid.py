@@ -62,7 +62,12 @@ class Grid:
     def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
+        # When each host's session last said anything. Liveness is volatile: keeping it out of the
+        # store spares a revision bump (and a wake-up of every loop) per heartbeat.
+        self.last_heard: dict[str, float] = {}
 
+    def last_seen(self, host: Host) -> float:
+        return max(host.last_seen, self.last_heard.get(host.id, 0.0))
     # -- sites and workspaces -----------------------------------------------------------------
 
     def create_site(self, site: Site) -> Site:
@@ -348,6 +353,7 @@ class Grid:
         """The agent applied (or rejected) a HostSpec revision and reports its allocations."""
         host = self.get_host(host_id)
         now = self.clock()
+        self.last_heard[host_id] = now
         with self.store.write() as tx:
             if accepted:
                 if revision > host.applied_revision:
@@ -367,6 +373,7 @@ class Grid:
         """A periodic report: allocation states, inventory changes and the host's own events."""
         host = self.get_host(host_id)
         now = self.clock()
+        self.last_heard[host_id] = now
         with self.store.write() as tx:
             if inventory != host.inventory:
                 tx.put(replace(host, inventory=inventory, last_seen=now))

@@ -31,7 +31,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self.store = grid.store
 
     def _host(self, host: Host) -> pb.Host:
-        return convert.host_to_proto(host, [a.id for a in self.store.allocations_on_host(host.id)])
+        return convert.host_to_proto(host, [a.id for a in self.store.allocations_on_host(host.id)],
+                                     self.grid.last_seen(host))
 
     def _host_id(self, value: str) -> str:
         return convert.check_name("id", value)

@@ -340,12 +340,12 @@ def site_to_proto(s: Site) -> pb.Site:
                    labels=dict(s.labels), revision=s.revision)
 
 
-def host_to_proto(h: Host, allocation_ids: Iterable[str]) -> pb.Host:
+def host_to_proto(h: Host, allocation_ids: Iterable[str], last_seen: float) -> pb.Host:
     return pb.Host(
         id=h.id, site=h.site, state=int(h.state),  # type: ignore[arg-type]
         state_reason=h.state_reason, inventory=inventory_to_proto(h.inventory), connected=h.connected,
         desired_revision=h.desired_revision, applied_revision=h.applied_revision,
-        last_seen=timestamp(h.last_seen), allocation_ids=list(allocation_ids),
+        last_seen=timestamp(last_seen), allocation_ids=list(allocation_ids),
         underlay_address=h.underlay_address, revision=h.revision,
     )
 
