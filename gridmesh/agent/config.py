@@ -11,23 +11,21 @@
     log_level = "info"
     log_format = "json"
 
-Environment: GRIDMESH_CONTROLLER, GRIDMESH_HOST_ID, GRIDMESH_SITE, GRIDMESH_STATE_DIR,
-GRIDMESH_HW_BACKEND, GRIDMESH_HOST_FILE, GRIDMESH_LOG_LEVEL, GRIDMESH_LOG_FORMAT.
+Environment: GRIDMESH_ and the key in capitals (GRIDMESH_CONTROLLER, GRIDMESH_SITE, ...).
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from gridmesh.common.settings import ENV_SOURCE, FLAGS_SOURCE, ConfigError, build, from_env, read_toml
 
-class ConfigError(Exception):
-    """The configuration is wrong: names the file, the key and what is allowed."""
+__all__ = ["AgentConfig", "ConfigError", "load_config"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,30 +41,14 @@ class AgentConfig:
     log_format: str = "json"
 
 
-_KEYS = tuple(AgentConfig.__dataclass_fields__)
-_PATHS = ("state_dir", "host_file")
-
-
 def load_config(path: Path | None, env: Mapping[str, str] | None = None, **flags: Any) -> AgentConfig:
     env = os.environ if env is None else env
-    values: dict[str, Any] = {}
+    layers: list[tuple[str, Mapping[str, Any]]] = []
     if path is not None:
-        try:
-            section = tomllib.loads(path.read_text()).get("agent", {})
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"{path}: {e}") from e
-        for key, value in section.items():
-            if key not in _KEYS:
-                raise ConfigError(f"{path}: [agent] {key} is not a setting; known: {', '.join(_KEYS)}")
-            values[key] = value
-    for key in _KEYS:
-        if env.get(f"GRIDMESH_{key.upper()}"):
-            values[key] = env[f"GRIDMESH_{key.upper()}"]
-    values.update({k: v for k, v in flags.items() if v is not None})
-    for key in _PATHS:
-        if values.get(key) is not None:
-            values[key] = Path(values[key])
-    cfg = replace(AgentConfig(), **values)
+        layers.append((f"{path}: [agent]", read_toml(path, ("agent",)).get("agent", {})))
+    layers.append((ENV_SOURCE, from_env(env, [f.name for f in fields(AgentConfig)])))
+    layers.append((FLAGS_SOURCE, flags))
+    cfg = build(AgentConfig, layers)
     if not cfg.host_id:
         cfg = replace(cfg, host_id=socket.gethostname().split(".")[0].lower())
     if not cfg.site:

@@ -60,6 +60,8 @@ class HostAgent:
 
     def apply(self, spec: HostSpec) -> ApplyResult:
         """Checks, persists and reconciles ``spec``; a spec this host cannot apply is rejected whole."""
+        if spec.host_id != self.host_id:
+            return self._reject(spec, f"the spec is for host {spec.host_id}, this is {self.host_id}")
         try:
             inventory = self.inventory()
         except HardwareError as e:

@@ -13,23 +13,22 @@
     tier = "far_edge"
     region = "eu-fr"
 
-Environment: GRIDMESH_LISTEN, GRIDMESH_STATE_DIR, GRIDMESH_LOG_LEVEL, GRIDMESH_LOG_FORMAT.
+Environment: GRIDMESH_ and the key in capitals (GRIDMESH_LISTEN, GRIDMESH_STATE_DIR, ...).
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from gridmesh.common.model import SiteName, SiteTier
+from gridmesh.common.settings import ENV_SOURCE, FLAGS_SOURCE, ConfigError, build, from_env, read_toml
 from gridmesh.controller.model import Site
 
-
-class ConfigError(Exception):
-    """The configuration is wrong: names the file, the key and what is allowed."""
+__all__ = ["ConfigError", "ControllerConfig", "load_config"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,43 +42,42 @@ class ControllerConfig:
     sites: tuple[Site, ...] = field(default=())
 
 
-_ENV = {"GRIDMESH_LISTEN": "listen", "GRIDMESH_STATE_DIR": "state_dir", "GRIDMESH_LOG_LEVEL": "log_level",
-        "GRIDMESH_LOG_FORMAT": "log_format"}
+_SITE_KEYS = ("name", "tier", "region", "price", "latency_ms")
 
 
 def _site(where: str, raw: dict[str, Any]) -> Site:
+    for key in raw:
+        if key not in _SITE_KEYS:
+            raise ConfigError(f"{where}: {key} is not a site setting; known: {', '.join(_SITE_KEYS)}")
+    tiers = ", ".join(t.name.lower() for t in SiteTier)
+    for key in ("name", "tier", "region"):
+        if not isinstance(raw.get(key), str):
+            raise ConfigError(f"{where}: {key} is required and must be a string (tier: one of {tiers})")
     try:
-        tier = SiteTier[str(raw["tier"]).upper()]
-        return Site(name=SiteName(str(raw["name"])), tier=tier, region=str(raw["region"]),
-                    price_per_gpu_hour=tuple(sorted((str(k), float(v)) for k, v in raw.get("price", {}).items())),
-                    latency_ms=tuple(sorted((str(k), float(v)) for k, v in raw.get("latency_ms", {}).items())))
-    except KeyError as e:
-        allowed = ", ".join(t.name.lower() for t in SiteTier)
-        raise ConfigError(f"{where}: missing or unknown {e} (a site needs name, tier ({allowed}) and region)") from e
+        tier = SiteTier[raw["tier"].upper()]
+    except KeyError:
+        raise ConfigError(f"{where}: tier {raw['tier']!r}; allowed: {tiers}") from None
+    try:
+        prices = tuple(sorted((str(k), float(v)) for k, v in raw.get("price", {}).items()))
+        latency = tuple(sorted((str(k), float(v)) for k, v in raw.get("latency_ms", {}).items()))
+    except (AttributeError, TypeError, ValueError):
+        raise ConfigError(f"{where}: price and latency_ms must be tables of numbers") from None
+    return Site(name=SiteName(raw["name"]), tier=tier, region=raw["region"], price_per_gpu_hour=prices,
+                latency_ms=latency)
 
 
-def load_config(path: Path | None, env: dict[str, str] | None = None, **flags: Any) -> ControllerConfig:
-    values: dict[str, Any] = {}
+def load_config(path: Path | None, env: Mapping[str, str] | None = None, **flags: Any) -> ControllerConfig:
+    env = os.environ if env is None else env
+    layers: list[tuple[str, Mapping[str, Any]]] = []
     sites: list[Site] = []
     if path is not None:
-        try:
-            raw = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"{path}: {e}") from e
-        section = raw.get("controller", {})
-        known = {f for f in ControllerConfig.__dataclass_fields__ if f != "sites"}
-        for key, value in section.items():
-            if key not in known:
-                raise ConfigError(f"{path}: [controller] {key} is not a setting; known: {', '.join(sorted(known))}")
-            values[key] = value
+        raw = read_toml(path, ("controller", "sites"))
+        layers.append((f"{path}: [controller]", raw.get("controller", {})))
         sites = [_site(f"{path}: [[sites]] #{i + 1}", s) for i, s in enumerate(raw.get("sites", []))]
-    for var, key in _ENV.items():
-        if (env if env is not None else os.environ).get(var):
-            values[key] = (env if env is not None else os.environ)[var]
-    values.update({k: v for k, v in flags.items() if v is not None})
-    if "state_dir" in values:
-        values["state_dir"] = Path(values["state_dir"])
-    cfg = replace(ControllerConfig(), **values, sites=tuple(sites))
+    settings = [f.name for f in fields(ControllerConfig) if f.name != "sites"]
+    layers.append((ENV_SOURCE, from_env(env, settings)))
+    layers.append((FLAGS_SOURCE, flags))
+    cfg = replace(build(ControllerConfig, layers, exclude=("sites",)), sites=tuple(sites))
     if cfg.log_format not in ("json", "text"):
         raise ConfigError(f"log_format {cfg.log_format!r}; allowed json or text")
     return cfg

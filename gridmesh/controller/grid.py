@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import TypeVar
@@ -242,15 +243,17 @@ class Grid:
         committed = 0
         with store.write() as tx:
             used: dict[HostId, set[str]] = {}
+            workspace_gpus: Counter[str] = Counter()
             for a in store.all(Allocation):
                 used.setdefault(a.host_id, set()).update(a.gpu_uuids)
+                workspace_gpus[a.workspace] += len(a.gpu_uuids)
             for gpr_id, indexes in by_gpr.items():
                 gpr = store.gpr(gpr_id)
                 if gpr is None or gpr.state not in NEEDS_PLACEMENT:
                     continue
                 have = {a.replica for a in store.allocations_of_gpr(gpr_id)}
                 placements = [plan.placements[i] for i in indexes]
-                if not self._still_fits(gpr, placements, have, used):
+                if not self._still_fits(gpr, placements, have, used, workspace_gpus):
                     continue
                 for p in placements:
                     host = self._must(tx.get(Host, p.host_id), "host", p.host_id)
@@ -259,10 +262,13 @@ class Grid:
                                       gpu_uuids=p.gpu_uuids, created_at=now))
                     tx.put(replace(host, desired_revision=tx.revision))
                     used.setdefault(p.host_id, set()).update(p.gpu_uuids)
+                    workspace_gpus[gpr.spec.workspace] += len(p.gpu_uuids)
                 hosts = ", ".join(f"{p.host_id} gpus {list(p.gpu_indexes)}" for p in placements)
                 if gpr.state is S.PENDING:
                     lifecycle.transition(tx, gpr, S.PLACED, "Placed", f"placed on {hosts}", now)
-                else:
+                elif gpr.state is S.PROVISIONING:  # already on its way: the new replicas join it
+                    tx.event(self._event("gpr.replicas", gpr.id, "ReplicasPlaced", f"replicas placed on {hosts}"))
+                else:  # RUNNING (scaled up) or MIGRATING (drained): provisioning again until all run
                     lifecycle.transition(tx, gpr, S.PROVISIONING, "ReplicasPlaced", f"replicas placed on {hosts}", now)
                 committed += len(placements)
         return committed
@@ -282,8 +288,12 @@ class Grid:
                     tx.event(self._event("gpr.unschedulable", gpr.id, "Unschedulable", reason))
 
     def _still_fits(self, gpr: Gpr, placements: Sequence[Placement], have: set[int],
-                    used: dict[HostId, set[str]]) -> bool:
-        regions = allowed_regions(gpr, self.store.workspace(gpr.spec.workspace))
+                    used: dict[HostId, set[str]], workspace_gpus: Counter[str]) -> bool:
+        workspace = self.store.workspace(gpr.spec.workspace)
+        limit = workspace.quota.max_gpus if workspace else 0
+        if limit and workspace_gpus[gpr.spec.workspace] + sum(len(p.gpu_uuids) for p in placements) > limit:
+            return False
+        regions = allowed_regions(gpr, workspace)
         taken: set[str] = set()
         for p in placements:
             host = self.store.host(p.host_id)
@@ -395,11 +405,14 @@ class Grid:
                 # Break before make: the replicas here are released and re-placed elsewhere by the
                 # scheduler (make-before-break migration comes with capacity chasing).
                 allocations = self.store.allocations_on_host(host_id)
-                for gpr_id in {a.gpr_id for a in allocations}:
+                for gpr_id in sorted({a.gpr_id for a in allocations}):
                     gpr = self.store.gpr(gpr_id)
+                    message = f"host {host_id} is draining; moving its replicas"
                     if gpr is not None and gpr.state is S.RUNNING:
-                        lifecycle.transition(tx, gpr, S.MIGRATING, "HostDraining",
-                                             f"host {host_id} is draining; moving its replicas", now)
+                        lifecycle.transition(tx, gpr, S.MIGRATING, "HostDraining", message, now)
+                    elif gpr is not None and gpr.state is S.PLACED:  # never started: simply placed again
+                        lifecycle.transition(tx, gpr, S.PENDING, "HostDraining", message, now)
+                    # PROVISIONING GPRs stay so: the scheduler places their missing replicas.
                 self._release(tx, allocations)
         return self.get_host(host_id)
 

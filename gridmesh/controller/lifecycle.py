@@ -5,6 +5,7 @@ Rules:
 - Every transition is recorded as a ``gpr.state`` event with a machine-readable reason
   (CamelCase) and a message for people, in the same transaction as the state change.
 - Terminal states (RELEASED, EXPIRED, FAILED, CANCELLED) are final.
+- Time runs out in any state: every non-terminal state may go to EXPIRED.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from gridmesh.controller.store import Tx
 S = GprState
 ALLOWED: dict[GprState, frozenset[GprState]] = {
     S.PENDING: frozenset({S.PLACED, S.CANCELLED, S.FAILED, S.EXPIRED}),
-    S.PLACED: frozenset({S.PROVISIONING, S.PENDING, S.CANCELLED, S.FAILED, S.PREEMPTED}),
-    S.PROVISIONING: frozenset({S.RUNNING, S.PENDING, S.CANCELLED, S.FAILED, S.PREEMPTED}),
+    S.PLACED: frozenset({S.PROVISIONING, S.PENDING, S.CANCELLED, S.FAILED, S.PREEMPTED, S.EXPIRED}),
+    S.PROVISIONING: frozenset({S.RUNNING, S.PENDING, S.CANCELLED, S.FAILED, S.PREEMPTED, S.EXPIRED}),
     S.RUNNING: frozenset({S.PROVISIONING, S.PREEMPTED, S.MIGRATING, S.RELEASED, S.EXPIRED, S.FAILED,
                           S.CANCELLED}),
-    S.PREEMPTED: frozenset({S.PENDING, S.CANCELLED}),
-    S.MIGRATING: frozenset({S.PROVISIONING, S.RUNNING, S.FAILED, S.CANCELLED}),
+    S.PREEMPTED: frozenset({S.PENDING, S.CANCELLED, S.EXPIRED}),
+    S.MIGRATING: frozenset({S.PROVISIONING, S.RUNNING, S.FAILED, S.CANCELLED, S.EXPIRED}),
     S.RELEASED: frozenset(),
     S.EXPIRED: frozenset(),
     S.FAILED: frozenset(),

@@ -81,6 +81,15 @@ def _field(entry: Mapping[str, Any], key: str, kind: type, default: Any, where: 
     return value
 
 
+def fold_model_name(name: str) -> str:
+    """The form model names are compared in: case and spacing folded, vendor prefix dropped.
+
+    Pure (no catalog needed): "NVIDIA H100 80GB HBM3", "Tesla T4" and "h100  80gb hbm3" fold to what
+    the catalog's names fold to, so the scheduler can compare what hosts report with what requests ask.
+    """
+    return _strip_vendor(" ".join(name.split()).casefold())
+
+
 def _strip_vendor(folded: str) -> str:
     for prefix in _VENDOR_PREFIXES:
         if folded.startswith(prefix):

@@ -17,16 +17,11 @@ from collections.abc import Iterable
 from gridmesh.common.model import GprId, GprState, GpuHealth, GpuInfo, GpuUuid, HostId, PlacementPolicy
 from gridmesh.controller.model import Gpr, GpuShape, Host, Site, Workspace
 from gridmesh.controller.scheduler.types import Exclusion, Explanation, Placement, Plan, Snapshot
+from gridmesh.hw.catalog import fold_model_name
 
 # Constraints in the order they are checked; the first that excludes a host is the one reported.
 CONSTRAINTS = ("host_state", "region", "site", "tier", "gpu_model", "gpu_memory", "compute_capability",
                "gpu_health", "gpu_count")
-
-
-def normalize_model(name: str) -> str:
-    """NVML reports "NVIDIA H100 80GB HBM3"; the catalog and requests say "H100 80GB HBM3"."""
-    name = " ".join(name.lower().split())
-    return name.removeprefix("nvidia ")
 
 
 def _cc(text: str) -> tuple[int, ...]:
@@ -49,7 +44,8 @@ def allowed_regions(gpr: Gpr, workspace: Workspace | None) -> frozenset[str] | N
 
 def _gpu_matches(gpu: GpuInfo, shape: GpuShape) -> str | None:
     """The constraint a single GPU fails for a whole-GPU request, or None."""
-    if shape.models and normalize_model(gpu.model) not in {normalize_model(m) for m in shape.models}:
+    # NVML says "NVIDIA H100 80GB HBM3" or "Tesla T4"; requests say "H100 80GB HBM3" and "T4".
+    if shape.models and fold_model_name(gpu.model) not in {fold_model_name(m) for m in shape.models}:
         return "gpu_model"
     if gpu.memory_mib < shape.min_memory_mib:
         return "gpu_memory"
@@ -110,9 +106,11 @@ def _host_order(snapshot: Snapshot, gpr: Gpr) -> list[Host]:
 def plan(snapshot: Snapshot) -> Plan:
     used: dict[HostId, set[GpuUuid]] = defaultdict(set)
     gpus_by_workspace: Counter[str] = Counter()
+    held: dict[GprId, set[int]] = defaultdict(set)
     for a in snapshot.allocations:
         used[a.host_id].update(a.gpu_uuids)
         gpus_by_workspace[a.workspace] += len(a.gpu_uuids)
+        held[a.gpr_id].add(a.replica)
     placements: list[Placement] = []
     unplaced: list[tuple[GprId, str]] = []
     for gpr in sorted(snapshot.pending, key=service_order):
@@ -122,16 +120,20 @@ def plan(snapshot: Snapshot) -> Plan:
             continue
         workspace = snapshot.workspaces.get(gpr.spec.workspace)
         shape = gpr.spec.shape
-        need = shape.count * gpr.spec.replicas
+        # Only the replicas it does not hold yet (all of them when new; some after a scale-up or drain).
+        missing = [r for r in range(gpr.spec.replicas) if r not in held[gpr.id]]
+        if not missing:
+            continue
+        need = shape.count * len(missing)
         limit = workspace.quota.max_gpus if workspace else 0
-        held = gpus_by_workspace[gpr.spec.workspace]
-        if limit and held + need > limit:
-            unplaced.append((gpr.id, f"workspace quota: {held} of {limit} GPUs in use, {need} more asked"))
+        ws_gpus = gpus_by_workspace[gpr.spec.workspace]
+        if limit and ws_gpus + need > limit:
+            unplaced.append((gpr.id, f"workspace quota: {ws_gpus} of {limit} GPUs in use, {need} more asked"))
             continue
         regions = allowed_regions(gpr, workspace)
         chosen: list[Placement] = []
         taken: dict[HostId, set[GpuUuid]] = defaultdict(set)
-        for replica in range(gpr.spec.replicas):
+        for replica in missing:
             for host in _host_order(snapshot, gpr):
                 in_use = used[host.id] | taken[host.id]
                 site = snapshot.sites.get(host.site)
@@ -145,7 +147,7 @@ def plan(snapshot: Snapshot) -> Plan:
                 break
             else:
                 break
-        if len(chosen) < gpr.spec.replicas:
+        if len(chosen) < len(missing):
             unplaced.append((gpr.id, "no host has room for every replica"))
             continue
         placements.extend(chosen)
