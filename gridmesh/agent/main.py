@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from gridmesh.agent.config import AgentConfig, ConfigError, load_config
 from gridmesh.agent.host import HostAgent
 from gridmesh.agent.session import Session
 from gridmesh.agent.state import LocalState
-from gridmesh.common import sdnotify
+from gridmesh.common.daemon import run_until_signalled
 from gridmesh.common.logs import setup_logging
 from gridmesh.common.model import HostId
 from gridmesh.hw.backend import open_backend
@@ -45,18 +44,10 @@ async def run(cfg: AgentConfig) -> None:
                                      "applied_revision": agent.applied.revision, "controller": cfg.controller})
     session = Session(agent, cfg.controller, cfg.site, cfg.underlay_address)
     task = asyncio.create_task(session.run_forever(), name="session")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     # Ready once local state is enforced: the host is safe even while the controller is away.
-    sdnotify.ready()
-    watchdog = asyncio.create_task(sdnotify.watchdog_loop())
-    await stop.wait()
-    sdnotify.stopping()
+    await run_until_signalled()
     log.info("stopping")
     task.cancel()
-    watchdog.cancel()
     backend.close()
 
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from pathlib import Path
 
-from gridmesh.common import sdnotify
+from gridmesh.common.daemon import run_until_signalled
 from gridmesh.common.logs import setup_logging
 from gridmesh.controller.config import ConfigError, ControllerConfig, load_config
 from gridmesh.controller.server import start_controller
@@ -39,16 +38,8 @@ async def serve(cfg: ControllerConfig) -> None:
     (cfg.state_dir / "controller.addr").write_text(address + "\n")
     log.info("serving", extra={"address": address, "state_dir": str(cfg.state_dir),
                                "revision": controller.store.revision})
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    sdnotify.ready()
-    watchdog = asyncio.create_task(sdnotify.watchdog_loop())
-    await stop.wait()
-    sdnotify.stopping()
+    await run_until_signalled()
     log.info("stopping")
-    watchdog.cancel()
     await controller.stop()
 
 
