@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from pathlib import Path
 
 import grpc
@@ -179,3 +180,21 @@ def test_agent_of_unknown_site_is_refused_and_keeps_retrying(grid: LocalGrid, cl
 
 def test_state_dir_layout(grid: LocalGrid) -> None:
     assert (Path(grid.root) / "controller" / "gridmesh.sqlite3").exists()
+
+
+def test_watch_replays_from_a_revision_or_starts_now(grid: LocalGrid, clients: Clients) -> None:
+    c = clients
+    c.admin.CreateWorkspace(admin_pb2.CreateWorkspaceRequest(workspace=pb.Workspace(name="ran")))
+    first = submit(c, "ran", count=1)
+    history = c.provision.WatchGprs(provision_pb2.WatchGprsRequest(since_revision=0))
+    event = next(history)
+    assert (event.event.subject, event.event.reason, event.event.to_state) == (first.id, "Submitted", "PENDING")
+    history.cancel()
+
+    live = c.provision.WatchGprs(provision_pb2.WatchGprsRequest(workspace="ran"))
+    time.sleep(0.5)  # let the server start the stream before the next change
+    second = submit(c, "ran", count=1)
+    event = next(live)
+    assert (event.event.subject, event.event.reason) == (second.id, "Submitted")
+    assert event.revision > first.revision
+    live.cancel()

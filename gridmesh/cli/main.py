@@ -332,8 +332,9 @@ def gpr_watch(
     gpr_id: Annotated[str, typer.Argument(metavar="ID", help="Only this GPR.", show_default=False)] = "",
     workspace: Annotated[str, typer.Option("--workspace", "-w", help="Only this workspace's GPRs.")] = "",
     since: Annotated[
-        int, typer.Option(metavar="REV", min=0, help="Replay changes after this revision; 0: from now on.")
-    ] = 0,
+        int | None,
+        typer.Option(metavar="REV", min=0, help="Replay changes after this revision (0: all); default: from now on."),
+    ] = None,
 ) -> None:
     """Print one line per GPR event until Ctrl-C (json: one object per line)."""
     session = _session(ctx)

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from gridmesh.v1 import types_pb2 as gridmesh_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgridmesh/v1/provision.proto\x12\x0bgridmesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17gridmesh/v1/types.proto\"J\n\x10SubmitGprRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.gridmesh.v1.GprSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x1b\n\rGetGprRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x83\x01\n\x0fListGprsRequest\x12\x11\n\tworkspace\x18\x01 \x01(\t\x12%\n\x06states\x18\x02 \x03(\x0e\x32\x15.gridmesh.v1.GprState\x12\x0f\n\x07host_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"]\n\x10ListGprsResponse\x12\x1e\n\x04gprs\x18\x01 \x03(\x0b\x32\x10.gridmesh.v1.Gpr\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x04\"M\n\x10WatchGprsRequest\x12\x11\n\tworkspace\x18\x01 \x01(\t\x12\x0e\n\x06gpr_id\x18\x02 \x01(\t\x12\x16\n\x0esince_revision\x18\x03 \x01(\x04\"^\n\x08GprEvent\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12!\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x12.gridmesh.v1.Event\x12\x1d\n\x03gpr\x18\x03 \x01(\x0b\x32\x10.gridmesh.v1.Gpr\".\n\x10\x43\x61ncelGprRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1f\n\x11\x45xplainGprRequest\x12\n\n\x02id\x18\x01 \x01(\t\"Q\n\x13\x43onstraintExclusion\x12\x12\n\nconstraint\x18\x01 \x01(\t\x12\x16\n\x0ehosts_excluded\x18\x02 \x01(\r\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xbe\x01\n\x0b\x41lternative\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04site\x18\x03 \x01(\t\x12#\n\x04tier\x18\x04 \x01(\x0e\x32\x15.gridmesh.v1.SiteTier\x12\x13\n\x0bmig_profile\x18\x05 \x01(\t\x12\x11\n\tgpu_model\x18\x06 \x01(\t\x12\x31\n\x0e\x65stimated_wait\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xbc\x02\n\x0b\x45xplanation\x12\x0e\n\x06gpr_id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.gridmesh.v1.GprState\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12\x18\n\x10hosts_considered\x18\x04 \x01(\r\x12\x16\n\x0ehosts_feasible\x18\x05 \x01(\r\x12\x34\n\nexclusions\x18\x06 \x03(\x0b\x32 .gridmesh.v1.ConstraintExclusion\x12\x16\n\x0equeue_position\x18\x07 \x01(\r\x12\x1b\n\x13preemption_possible\x18\x08 \x01(\x08\x12\x19\n\x11preemption_detail\x18\t \x01(\t\x12.\n\x0c\x61lternatives\x18\n \x03(\x0b\x32\x18.gridmesh.v1.Alternative\"/\n\x0fScaleGprRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\r\"L\n\x10\x45xtendGprRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\textend_by\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration2\x96\x04\n\x10ProvisionService\x12<\n\tSubmitGpr\x12\x1d.gridmesh.v1.SubmitGprRequest\x1a\x10.gridmesh.v1.Gpr\x12\x36\n\x06GetGpr\x12\x1a.gridmesh.v1.GetGprRequest\x1a\x10.gridmesh.v1.Gpr\x12G\n\x08ListGprs\x12\x1c.gridmesh.v1.ListGprsRequest\x1a\x1d.gridmesh.v1.ListGprsResponse\x12\x43\n\tWatchGprs\x12\x1d.gridmesh.v1.WatchGprsRequest\x1a\x15.gridmesh.v1.GprEvent0\x01\x12<\n\tCancelGpr\x12\x1d.gridmesh.v1.CancelGprRequest\x1a\x10.gridmesh.v1.Gpr\x12\x46\n\nExplainGpr\x12\x1e.gridmesh.v1.ExplainGprRequest\x1a\x18.gridmesh.v1.Explanation\x12:\n\x08ScaleGpr\x12\x1c.gridmesh.v1.ScaleGprRequest\x1a\x10.gridmesh.v1.Gpr\x12<\n\tExtendGpr\x12\x1d.gridmesh.v1.ExtendGprRequest\x1a\x10.gridmesh.v1.Gprb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgridmesh/v1/provision.proto\x12\x0bgridmesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17gridmesh/v1/types.proto\"J\n\x10SubmitGprRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.gridmesh.v1.GprSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x1b\n\rGetGprRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x83\x01\n\x0fListGprsRequest\x12\x11\n\tworkspace\x18\x01 \x01(\t\x12%\n\x06states\x18\x02 \x03(\x0e\x32\x15.gridmesh.v1.GprState\x12\x0f\n\x07host_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"]\n\x10ListGprsResponse\x12\x1e\n\x04gprs\x18\x01 \x03(\x0b\x32\x10.gridmesh.v1.Gpr\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x04\"e\n\x10WatchGprsRequest\x12\x11\n\tworkspace\x18\x01 \x01(\t\x12\x0e\n\x06gpr_id\x18\x02 \x01(\t\x12\x1b\n\x0esince_revision\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x11\n\x0f_since_revision\"^\n\x08GprEvent\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12!\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x12.gridmesh.v1.Event\x12\x1d\n\x03gpr\x18\x03 \x01(\x0b\x32\x10.gridmesh.v1.Gpr\".\n\x10\x43\x61ncelGprRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1f\n\x11\x45xplainGprRequest\x12\n\n\x02id\x18\x01 \x01(\t\"Q\n\x13\x43onstraintExclusion\x12\x12\n\nconstraint\x18\x01 \x01(\t\x12\x16\n\x0ehosts_excluded\x18\x02 \x01(\r\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xbe\x01\n\x0b\x41lternative\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04site\x18\x03 \x01(\t\x12#\n\x04tier\x18\x04 \x01(\x0e\x32\x15.gridmesh.v1.SiteTier\x12\x13\n\x0bmig_profile\x18\x05 \x01(\t\x12\x11\n\tgpu_model\x18\x06 \x01(\t\x12\x31\n\x0e\x65stimated_wait\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xbc\x02\n\x0b\x45xplanation\x12\x0e\n\x06gpr_id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.gridmesh.v1.GprState\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12\x18\n\x10hosts_considered\x18\x04 \x01(\r\x12\x16\n\x0ehosts_feasible\x18\x05 \x01(\r\x12\x34\n\nexclusions\x18\x06 \x03(\x0b\x32 .gridmesh.v1.ConstraintExclusion\x12\x16\n\x0equeue_position\x18\x07 \x01(\r\x12\x1b\n\x13preemption_possible\x18\x08 \x01(\x08\x12\x19\n\x11preemption_detail\x18\t \x01(\t\x12.\n\x0c\x61lternatives\x18\n \x03(\x0b\x32\x18.gridmesh.v1.Alternative\"/\n\x0fScaleGprRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\r\"L\n\x10\x45xtendGprRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\textend_by\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration2\x96\x04\n\x10ProvisionService\x12<\n\tSubmitGpr\x12\x1d.gridmesh.v1.SubmitGprRequest\x1a\x10.gridmesh.v1.Gpr\x12\x36\n\x06GetGpr\x12\x1a.gridmesh.v1.GetGprRequest\x1a\x10.gridmesh.v1.Gpr\x12G\n\x08ListGprs\x12\x1c.gridmesh.v1.ListGprsRequest\x1a\x1d.gridmesh.v1.ListGprsResponse\x12\x43\n\tWatchGprs\x12\x1d.gridmesh.v1.WatchGprsRequest\x1a\x15.gridmesh.v1.GprEvent0\x01\x12<\n\tCancelGpr\x12\x1d.gridmesh.v1.CancelGprRequest\x1a\x10.gridmesh.v1.Gpr\x12\x46\n\nExplainGpr\x12\x1e.gridmesh.v1.ExplainGprRequest\x1a\x18.gridmesh.v1.Explanation\x12:\n\x08ScaleGpr\x12\x1c.gridmesh.v1.ScaleGprRequest\x1a\x10.gridmesh.v1.Gpr\x12<\n\tExtendGpr\x12\x1d.gridmesh.v1.ExtendGprRequest\x1a\x10.gridmesh.v1.Gprb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,23 +42,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTGPRSRESPONSE']._serialized_start=340
   _globals['_LISTGPRSRESPONSE']._serialized_end=433
   _globals['_WATCHGPRSREQUEST']._serialized_start=435
-  _globals['_WATCHGPRSREQUEST']._serialized_end=512
-  _globals['_GPREVENT']._serialized_start=514
-  _globals['_GPREVENT']._serialized_end=608
-  _globals['_CANCELGPRREQUEST']._serialized_start=610
-  _globals['_CANCELGPRREQUEST']._serialized_end=656
-  _globals['_EXPLAINGPRREQUEST']._serialized_start=658
-  _globals['_EXPLAINGPRREQUEST']._serialized_end=689
-  _globals['_CONSTRAINTEXCLUSION']._serialized_start=691
-  _globals['_CONSTRAINTEXCLUSION']._serialized_end=772
-  _globals['_ALTERNATIVE']._serialized_start=775
-  _globals['_ALTERNATIVE']._serialized_end=965
-  _globals['_EXPLANATION']._serialized_start=968
-  _globals['_EXPLANATION']._serialized_end=1284
-  _globals['_SCALEGPRREQUEST']._serialized_start=1286
-  _globals['_SCALEGPRREQUEST']._serialized_end=1333
-  _globals['_EXTENDGPRREQUEST']._serialized_start=1335
-  _globals['_EXTENDGPRREQUEST']._serialized_end=1411
-  _globals['_PROVISIONSERVICE']._serialized_start=1414
-  _globals['_PROVISIONSERVICE']._serialized_end=1948
+  _globals['_WATCHGPRSREQUEST']._serialized_end=536
+  _globals['_GPREVENT']._serialized_start=538
+  _globals['_GPREVENT']._serialized_end=632
+  _globals['_CANCELGPRREQUEST']._serialized_start=634
+  _globals['_CANCELGPRREQUEST']._serialized_end=680
+  _globals['_EXPLAINGPRREQUEST']._serialized_start=682
+  _globals['_EXPLAINGPRREQUEST']._serialized_end=713
+  _globals['_CONSTRAINTEXCLUSION']._serialized_start=715
+  _globals['_CONSTRAINTEXCLUSION']._serialized_end=796
+  _globals['_ALTERNATIVE']._serialized_start=799
+  _globals['_ALTERNATIVE']._serialized_end=989
+  _globals['_EXPLANATION']._serialized_start=992
+  _globals['_EXPLANATION']._serialized_end=1308
+  _globals['_SCALEGPRREQUEST']._serialized_start=1310
+  _globals['_SCALEGPRREQUEST']._serialized_end=1357
+  _globals['_EXTENDGPRREQUEST']._serialized_start=1359
+  _globals['_EXTENDGPRREQUEST']._serialized_end=1435
+  _globals['_PROVISIONSERVICE']._serialized_start=1438
+  _globals['_PROVISIONSERVICE']._serialized_end=1972
 # @@protoc_insertion_point(module_scope)

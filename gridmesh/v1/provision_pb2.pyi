@@ -135,19 +135,21 @@ class WatchGprsRequest(_message.Message):
     workspace: _builtins.str
     gpr_id: _builtins.str
     since_revision: _builtins.int
-    """0: only changes from now on"""
+    """Unset: only changes from now on. N: every change after revision N, then live (0: the whole history)."""
     def __init__(
         self,
         *,
         workspace: _builtins.str = ...,
         gpr_id: _builtins.str = ...,
-        since_revision: _builtins.int = ...,
+        since_revision: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_since_revision", b"_since_revision", "since_revision", b"since_revision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpr_id", b"gpr_id", "since_revision", b"since_revision", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_since_revision", b"_since_revision", "gpr_id", b"gpr_id", "since_revision", b"since_revision", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__since_revision: _TypeAlias = _typing.Literal["since_revision"]  # noqa: Y015
+    _WhichOneofArgType__since_revision: _TypeAlias = _typing.Literal["_since_revision", b"_since_revision"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__since_revision) -> _WhichOneofReturnType__since_revision | None: ...
 
 Global___WatchGprsRequest: _TypeAlias = WatchGprsRequest  # noqa: Y015
 

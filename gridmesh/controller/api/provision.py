@@ -62,7 +62,7 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
         workspace = convert.check_name("workspace", request.workspace, required=False)
         if request.gpr_id:
             self.grid.get_gpr(request.gpr_id)  # NOT_FOUND for an unknown id
-        since = request.since_revision or self.store.revision
+        since = request.since_revision if request.HasField("since_revision") else self.store.revision
         after_seq = 0
         while True:
             seen = self.store.revision
