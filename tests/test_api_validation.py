@@ -185,3 +185,19 @@ def test_bad_admin_requests(stubs: tuple[admin_pb2_grpc.AdminServiceStub, provis
     assert err.value.code() == grpc.StatusCode[status], err.value.details()
     for w in words:
         assert w in (err.value.details() or "")
+
+
+def test_events_newest_first_page_backwards(stubs: tuple[admin_pb2_grpc.AdminServiceStub,
+                                                         provision_pb2_grpc.ProvisionServiceStub]) -> None:
+    admin, _ = stubs
+    oldest_first = list(admin.ListEvents(admin_pb2.ListEventsRequest(page_size=1000)).events)
+    seen = []
+    token = ""
+    while True:
+        page = admin.ListEvents(admin_pb2.ListEventsRequest(page_size=2, newest_first=True, page_token=token))
+        seen += list(page.events)
+        token = page.next_page_token
+        if not token:
+            break
+    assert [e.seq for e in seen] == [e.seq for e in reversed(oldest_first)]
+    assert len(seen) >= 3

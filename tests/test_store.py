@@ -357,6 +357,18 @@ def test_events_page_by_after_seq(with_events: Store) -> None:
     assert [e for p in pages for e in p] == everything
 
 
+def test_events_page_newest_first_by_before_seq(with_events: Store) -> None:
+    everything = with_events.events()
+    pages: list[list[Event]] = []
+    before = 0
+    while page := with_events.events(newest_first=True, before_seq=before, limit=4):
+        pages.append(page)
+        before = page[-1].seq
+    assert [len(p) for p in pages] == [4, 2]
+    assert [e for p in pages for e in p] == everything[::-1]
+    assert [e.reason for e in with_events.events(newest_first=True, subject="gpr-1")] == ["Placed", "Submitted"]
+
+
 def test_since_revision_is_exclusive(with_events: Store) -> None:
     assert [e.reason for e in with_events.events(since_revision=1)] == ["Connected", "Scaled", "LookAlike",
                                                                         "Cancelled"]

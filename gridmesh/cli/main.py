@@ -554,14 +554,15 @@ def event_list(
     kind: Annotated[str, typer.Option(help="Only events of this kind, e.g. gpr.state.")] = "",
     since: Annotated[int, typer.Option(metavar="REV", min=0, help="Only events after this revision.")] = 0,
     limit: Annotated[int, typer.Option(min=0, help=_LIMIT_HELP)] = 0,
+    newest: Annotated[bool, typer.Option("--newest", help="Latest first (with --limit: the last N).")] = False,
 ) -> None:
-    """List events, oldest first, all pages."""
+    """List events, oldest first (or newest first), all pages."""
     session = _session(ctx)
     stub = session.admin()
 
     def fetch(token: str, size: int) -> tuple[Sequence[types_pb2.Event], str]:
         request = admin_pb2.ListEventsRequest(
-            subject=subject, kind=kind, since_revision=since, page_size=size, page_token=token
+            subject=subject, kind=kind, since_revision=since, page_size=size, page_token=token, newest_first=newest
         )
         page = stub.ListEvents(request, timeout=session.timeout)
         return page.events, page.next_page_token

@@ -141,11 +141,18 @@ class Store:
         )
 
     def events(
-        self, *, subject: str = "", kind: str = "", after_seq: int = 0, since_revision: int = 0, limit: int = 100
+        self, *, subject: str = "", kind: str = "", after_seq: int = 0, since_revision: int = 0, limit: int = 100,
+        newest_first: bool = False, before_seq: int = 0,
     ) -> list[Event]:
-        """Events in commit order, optionally filtered; ``since_revision`` is exclusive."""
+        """Events in commit order (or newest first), optionally filtered; ``since_revision`` is exclusive.
+
+        ``after_seq`` and ``before_seq`` (0: no bound) page through them in either direction.
+        """
         sql = "SELECT seq, revision, data FROM events WHERE seq > ? AND revision > ?"
         args: list[Any] = [after_seq, since_revision]
+        if before_seq:
+            sql += " AND seq < ?"
+            args.append(before_seq)
         if subject:
             sql += " AND subject = ?"
             args.append(subject)
@@ -155,7 +162,7 @@ class Store:
         elif kind:
             sql += " AND kind = ?"
             args.append(kind)
-        sql += " ORDER BY seq LIMIT ?"
+        sql += " ORDER BY seq DESC LIMIT ?" if newest_first else " ORDER BY seq LIMIT ?"
         args.append(limit)
         return [
             replace(decode(Event, json.loads(data)), seq=seq, revision=rev)

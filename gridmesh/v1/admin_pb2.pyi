@@ -502,12 +502,15 @@ class ListEventsRequest(_message.Message):
     SINCE_REVISION_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    NEWEST_FIRST_FIELD_NUMBER: _builtins.int
     subject: _builtins.str
     kind: _builtins.str
     since_revision: _builtins.int
     page_size: _builtins.int
     """0 means 100; at most 1000"""
     page_token: _builtins.str
+    newest_first: _builtins.bool
+    """the latest events first (to see what just happened)"""
     def __init__(
         self,
         *,
@@ -516,10 +519,11 @@ class ListEventsRequest(_message.Message):
         since_revision: _builtins.int = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        newest_first: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "page_size", b"page_size", "page_token", b"page_token", "since_revision", b"since_revision", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "newest_first", b"newest_first", "page_size", b"page_size", "page_token", b"page_token", "since_revision", b"since_revision", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -154,11 +154,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             raise InvalidArgument("page_size", f"{request.page_size}; at most {MAX_PAGE} allowed")
         size = request.page_size or 100
         try:
-            after = int(request.page_token or "0")
+            bound = int(request.page_token or "0")
         except ValueError:
             raise InvalidArgument("page_token", "is not a token this service returned") from None
+        # The token is the last seq returned: the next page starts after it (or before it, newest first).
         events = self.store.events(subject=convert.check_text("subject", request.subject, 63),
                                    kind=convert.check_text("kind", request.kind, 63),
-                                   since_revision=request.since_revision, after_seq=after, limit=size + 1)
+                                   since_revision=request.since_revision, limit=size + 1,
+                                   newest_first=request.newest_first,
+                                   **({"before_seq": bound} if request.newest_first else {"after_seq": bound}))
         token = str(events[size - 1].seq) if len(events) > size else ""
         return apb.ListEventsResponse(events=[event_to_proto(e) for e in events[:size]], next_page_token=token)
