@@ -16,6 +16,7 @@ from gridmesh.common.model import (
     Event,
     GprId,
     GprState,
+    GpuHealth,
     GpuInfo,
     GpuUuid,
     HostState,
@@ -535,3 +536,38 @@ def test_an_empty_plan_writes_nothing(grid: Grid) -> None:
     revision = grid.store.revision
     assert grid.apply_plan(Plan()) == 0
     assert grid.store.revision == revision
+
+
+# -- released GPUs stay out of use until the host verifies them clean -----------------------------------
+
+
+def report(grid: Grid, host_id: str, *, unclean: Sequence[int] = (), applied: int | None = None) -> None:
+    """A status from the host: GPUs at ``unclean`` indexes fail the host's clean check."""
+    host = grid.get_host(host_id)
+    gpus = tuple(dataclasses.replace(g, health=GpuHealth.UNCLEAN if g.index in unclean else GpuHealth.HEALTHY)
+                 for g in host.inventory.gpus)
+    grid.host_status(host_id, dataclasses.replace(host.inventory, gpus=gpus), [], [],
+                     host.applied_revision if applied is None else applied)
+
+
+def test_a_released_gpu_is_not_reused_until_the_host_reports_it_clean(grid: Grid) -> None:
+    first = running(grid, gpus=1)
+    grid.cancel_gpr(first.id)
+    released_at = grid.get_host("h1").desired_revision
+    assert [u for u, _ in grid.get_host("h1").released_gpus] == ["GPU-h1-0"]
+    second = submit(grid)
+    assert place(grid) == 0
+    assert scheduler.explain(grid.snapshot(), grid.get_gpr(second.id)).exclusions[0].constraint == "gpu_health"
+
+    # A status from before the host applied the release proves nothing: still out of use.
+    report(grid, "h1", applied=released_at - 1)
+    assert place(grid) == 0
+    # The host applied it but its check found a leftover process: still out of use.
+    ack(grid, "h1")
+    report(grid, "h1", unclean=[0])
+    assert place(grid) == 0 and grid.get_host("h1").released_gpus
+    # Verified clean after the release: back in use, and said so.
+    report(grid, "h1")
+    assert grid.get_host("h1").released_gpus == ()
+    assert [e.reason for e in grid.store.events(kind="gpu.clean")] == ["VerifiedClean"]
+    assert place(grid) == 1 and hosts_of(grid, second.id) == ["h1"]

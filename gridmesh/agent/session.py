@@ -98,6 +98,9 @@ class Session:
                         outbox.put_nowait(agpb.AgentMessage(ack=agpb.SpecAck(
                             revision=result.revision, accepted=result.accepted, reason=result.reason,
                             allocations=[allocation_status_to_proto(s) for s in result.statuses])))
+                        # Report at once: GPUs released by this spec are usable again only once the
+                        # controller sees them healthy after it.
+                        outbox.put_nowait(self.status_message())
                         log.info("spec applied" if result.accepted else "spec rejected",
                                  extra={"revision": result.revision, "reason": result.reason,
                                         "allocations": len(result.statuses)})

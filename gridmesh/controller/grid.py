@@ -28,6 +28,7 @@ from gridmesh.common.model import (
     Event,
     GprId,
     GprState,
+    GpuHealth,
     HostId,
     HostState,
     Inventory,
@@ -222,7 +223,7 @@ class Grid:
             revision=store.revision,
             now=self.clock(),
             sites={s.name: s for s in store.all(Site)},
-            hosts=tuple(sorted(store.all(Host), key=lambda h: h.id)),
+            hosts=tuple(sorted((h.as_scheduled() for h in store.all(Host)), key=lambda h: h.id)),
             workspaces={w.name: w for w in store.all(Workspace)},
             allocations=allocations,
             pending=pending,
@@ -302,7 +303,7 @@ class Grid:
             in_use = used.get(host.id, set()) | taken
             if in_use & set(p.gpu_uuids):
                 return False
-            if host_exclusion(host, self.store.site(host.site), gpr, regions, []) is not None:
+            if host_exclusion(host.as_scheduled(), self.store.site(host.site), gpr, regions, []) is not None:
                 return False
             taken.update(p.gpu_uuids)
         return True
@@ -379,14 +380,23 @@ class Grid:
             self._apply_statuses(tx, host_id, statuses, now)
 
     def host_status(self, host_id: str, inventory: Inventory, statuses: Iterable[AllocationStatus],
-                    events: Iterable[Event]) -> None:
-        """A periodic report: allocation states, inventory changes and the host's own events."""
+                    events: Iterable[Event], applied_revision: int = 0) -> None:
+        """A report: allocation states, inventory (with GPU health) and the host's own events.
+
+        A released GPU becomes usable again only here: when the host, having applied the revision
+        that released it, reports it HEALTHY.
+        """
         host = self.get_host(host_id)
         now = self.clock()
         self.last_heard[host_id] = now
+        healthy = {g.uuid for g in inventory.gpus if g.health is GpuHealth.HEALTHY}
+        still_released = tuple((u, rev) for u, rev in host.released_gpus
+                               if not (rev <= applied_revision and u in healthy))
         with self.store.write() as tx:
-            if inventory != host.inventory:
-                tx.put(replace(host, inventory=inventory, last_seen=now))
+            if inventory != host.inventory or still_released != host.released_gpus:
+                tx.put(replace(host, inventory=inventory, last_seen=now, released_gpus=still_released))
+            for uuid in sorted({u for u, _ in host.released_gpus} - {u for u, _ in still_released}):
+                tx.event(self._event("gpu.clean", host_id, "VerifiedClean", f"GPU {uuid} verified clean; back in use"))
             for e in events:
                 tx.event(replace(e, subject=host_id, seq=0, revision=0))
             self._apply_statuses(tx, host_id, statuses, now)
@@ -452,11 +462,14 @@ class Grid:
         lifecycle.transition(tx, gpr, S.FAILED, reason, message, now)
 
     def _release(self, tx: Tx, allocations: Iterable[Allocation]) -> None:
+        """Takes allocations away; their GPUs stay out of use until the host verifies them clean."""
         for a in allocations:
             tx.delete(Allocation, a.id)
             host = tx.get(Host, a.host_id)
             if host is not None:
-                tx.put(replace(host, desired_revision=tx.revision))
+                released = dict(host.released_gpus)
+                released.update((u, tx.revision) for u in a.gpu_uuids)
+                tx.put(replace(host, desired_revision=tx.revision, released_gpus=tuple(sorted(released.items()))))
 
     def _event(self, kind: str, subject: str, reason: str, message: str, from_state: str = "",
                to_state: str = "") -> Event:

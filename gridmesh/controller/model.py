@@ -9,13 +9,14 @@ Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gridmesh.common.model import (
     AllocationId,
     AllocationState,
     GprId,
     GprState,
+    GpuHealth,
     GpuUuid,
     HostId,
     HostState,
@@ -56,11 +57,26 @@ class Host:
     underlay_address: str = ""
     # The state an operator set (READY, CORDONED or DRAINING); ``state`` is OFFLINE while disconnected.
     admin_state: HostState = HostState.READY
+    # GPUs taken from a tenant, with the revision that released them. Each stays out of use until the
+    # host reports it HEALTHY in a status sent after applying that revision (verified clean there).
+    released_gpus: tuple[tuple[GpuUuid, int], ...] = ()
     revision: int = 0
 
     @property
     def schedulable(self) -> bool:
         return self.connected and self.state is HostState.READY
+
+    def as_scheduled(self) -> Host:
+        """The host as placement must see it: released GPUs count as UNCLEAN whatever was last reported."""
+        if not self.released_gpus:
+            return self
+        released = {uuid for uuid, _ in self.released_gpus}
+        gpus = tuple(
+            replace(g, health=GpuHealth.UNCLEAN, health_reason="released; waiting for the host to verify it clean")
+            if g.uuid in released and g.health is GpuHealth.HEALTHY else g
+            for g in self.inventory.gpus
+        )
+        return replace(self, inventory=replace(self.inventory, gpus=gpus))
 
 
 @dataclass(frozen=True, slots=True)

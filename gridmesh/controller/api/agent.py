@@ -131,7 +131,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     st = msg.status
                     self.grid.host_status(host_id, inventory_from_proto(st.inventory),
                                           [allocation_status_from_proto(s) for s in st.allocations],
-                                          [event_from_proto(e) for e in st.events])
+                                          [event_from_proto(e) for e in st.events], st.applied_revision)
                 else:
                     log.warning("unexpected message in session", extra={"host_id": host_id, "kind": kind})
             except Exception:
