@@ -353,8 +353,17 @@ class ReplayedNvml:
         def shutdown() -> None:
             self.shutdowns += 1
 
+        def not_supported(*args: object) -> object:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
         monkeypatch.setattr(pynvml, "nvmlInit", init)
         monkeypatch.setattr(pynvml, "nvmlShutdown", shutdown)
+        # Answers this replay does not cover (affinity, NVLink, MIG profiles, events) read as NOT_SUPPORTED; the
+        # fake NVML surface (tests/hw_contract) covers them. NUMA falls back to sysfs: point it nowhere.
+        for name in ("nvmlDeviceGetCpuAffinity", "nvmlDeviceGetNvLinkState", "nvmlDeviceGetGpuInstanceProfileInfo",
+                     "nvmlDeviceGetMaxMigDeviceCount", "nvmlEventSetCreate"):
+            monkeypatch.setattr(pynvml, name, not_supported)
+        monkeypatch.setattr("gridmesh.hw.nvml.SYSFS_PCI_DEVICES", Path("/nonexistent"))
         monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", lambda: len(self.gpus))
         monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda index: index)
         for key in (
@@ -467,3 +476,42 @@ def test_auto_falls_back_when_nvml_sees_no_gpu(monkeypatch: pytest.MonkeyPatch, 
     backend = open_backend("auto", write(tmp_path, H100_TOML))
     assert backend.name == "simulator"
     assert (replay.inits, replay.shutdowns) == (1, 1)  # the probe let go of NVML
+
+
+# --- topology in the host file, the AMD backend's absence ---------------------------------------------------------
+
+
+def test_nvlink_groups_and_numa_nodes_give_peers_and_cpu_affinity() -> None:
+    hw = parse_host_description({"hostname": "hgx", "cpu_count": 8, "gpus": [
+        {"model": "H100 80GB HBM3", "count": 2, "numa_node": 0, "nvlink": True},
+        {"model": "H100 80GB HBM3", "count": 1, "numa_node": 1, "nvlink": True},
+        {"model": "L4", "count": 1},
+    ]}, "generated")
+    assert_sane(hw)
+    a, b, c, l4 = hw.gpus
+    assert a.nvlink_peers == (b.pci_bus_id, c.pci_bus_id) and c.nvlink_peers == (a.pci_bus_id, b.pci_bus_id)
+    assert l4.nvlink_peers == ()
+    assert (a.cpu_affinity, c.cpu_affinity, l4.cpu_affinity) == ((0, 1, 2, 3), (4, 5, 6, 7), tuple(range(8)))
+    with pytest.raises(HardwareError, match="nvlink: must be true or false"):
+        parse_host_description({"gpus": [{"model": "L4", "nvlink": "yes"}]}, "generated")
+
+
+def test_the_amd_backend_without_amd_smi_says_so() -> None:
+    try:
+        import amdsmi  # type: ignore[import-not-found]  # noqa: F401
+    except (ImportError, OSError):
+        pass
+    else:
+        pytest.skip("amdsmi is installed here")
+    with pytest.raises(HardwareError, match="cannot import amdsmi"):
+        open_backend("amd", None)
+
+
+def test_a_simulated_host_built_in_code_may_name_any_model() -> None:
+    device = GpuDevice(index=0, uuid=GpuUuid("GPU-00000000-0000-0000-0000-000000000001"), model="Future GPU",
+                       memory_mib=1024, compute_capability="12.0", pci_bus_id="00000000:18:00.0", numa_node=-1,
+                       mig_capable=False, mig_enabled=False)
+    hw = HostHardware(hostname="h", backend="simulator", gpus=(device,), cpu_count=1, memory_mib=1)
+    backend = SimulatorBackend(hw)
+    assert backend.inventory() == hw
+    assert backend.sample()[0].memory_free_mib == 1024

@@ -38,7 +38,8 @@ class GpuModel:
 
     ``compute_capability`` is the CUDA compute capability (``"9.0"``), ``""`` for non-CUDA GPUs (AMD).
     ``mig_max_instances`` is 0 for GPUs without MIG. ``memory_mib`` is what a device of this model reports:
-    the real total where a reading from hardware exists, else ``memory_gib * 1024``.
+    the real total where a reading from hardware exists, else ``memory_gib * 1024``. ``compute_partitions``
+    and ``memory_partitions`` are the AMD partition modes the model offers (empty: none).
     """
 
     model: str
@@ -48,6 +49,8 @@ class GpuModel:
     mig_max_instances: int
     memory_mib: int
     read_from_hardware: bool
+    compute_partitions: tuple[str, ...] = ()
+    memory_partitions: tuple[str, ...] = ()
 
     @property
     def mig_capable(self) -> bool:
@@ -79,6 +82,13 @@ def _field(entry: Mapping[str, Any], key: str, kind: type, default: Any, where: 
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise HardwareError(f"{where}: field {key!r} must be {kind.__name__}, got {value!r}")
     return value
+
+
+def _modes(entry: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+    modes = _field(entry, key, list, [], where)
+    if not all(isinstance(m, str) for m in modes):
+        raise HardwareError(f"{where}: field {key!r} must be a list of strings, got {modes!r}")
+    return tuple(modes)
 
 
 def fold_model_name(name: str) -> str:
@@ -136,6 +146,8 @@ def _load() -> _Loaded:
             mig_max_instances=_field(entry, "mig_max_instances", int, 0, where),
             memory_mib=measured_mib.get(key, memory_gib * 1024),
             read_from_hardware=key in measured_mib,
+            compute_partitions=_modes(entry, "compute_partitions", where),
+            memory_partitions=_modes(entry, "memory_partitions", where),
         )
         folded[key] = name
 

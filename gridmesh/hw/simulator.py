@@ -10,6 +10,13 @@ Host file (every top-level key optional; no ``[[gpus]]`` means a host without GP
     count = 4                  # >= 1, default 1
     mig_enabled = true         # default false; only for MIG-capable models
     numa_node = 0              # >= -1, default -1 (unknown)
+    nvlink = true              # default false; all GPUs of all groups with nvlink = true are NVLink peers
+
+CPU affinity is derived: the CPUs are split evenly over the NUMA nodes the file names, and a GPU is
+closest to its node's share (all CPUs when its node is unknown).
+
+The hardware's behaviour (MIG rules, processes, telemetry, faults) lives in ``gridmesh.hw.simhost``;
+``SimulatorBackend.host`` is that state, where tests inject faults.
 
 Rules the simulator keeps:
 - The same file on the same hostname gives the same inventory, UUIDs included, across restarts: the agent
@@ -27,12 +34,28 @@ import socket
 import tomllib
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from gridmesh.hw.backend import local_cpu_count, local_memory_mib
 from gridmesh.hw.catalog import catalog, find_model, known_models
-from gridmesh.hw.model import GpuDevice, GpuUuid, HardwareError, HostHardware
+from gridmesh.hw.mig import MigTable
+from gridmesh.hw.model import (
+    GpuDevice,
+    GpuInstance,
+    GpuProcess,
+    GpuSample,
+    GpuUuid,
+    HardwareError,
+    HealthReading,
+    HostHardware,
+    MigModeChange,
+    MigState,
+    NotSupportedError,
+    PartitionState,
+)
+from gridmesh.hw.simhost import XID_HISTORY, SimHost
 
 # Fixed namespace for simulated GPU UUIDs. Changing it changes every simulated UUID, so never do.
 _UUID_NAMESPACE = uuid.UUID("5c1f1b2e-6a0d-4c5e-9b7a-3d2f8e1a9c40")
@@ -42,7 +65,7 @@ _UUID_NAMESPACE = uuid.UUID("5c1f1b2e-6a0d-4c5e-9b7a-3d2f8e1a9c40")
 _HGX_BUSES = (0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB)
 
 _HOST_KEYS = ("hostname", "cpu_count", "memory_mib", "gpus")
-_GPU_KEYS = ("model", "count", "mig_enabled", "numa_node")
+_GPU_KEYS = ("model", "count", "mig_enabled", "numa_node", "nvlink")
 
 
 def simulated_uuid(hostname: str, index: int, model: str) -> GpuUuid:
@@ -79,6 +102,7 @@ def parse_host_description(data: Mapping[str, Any], source: str) -> HostHardware
         raise HardwareError(f"{source}: gpus: must be an array of tables ([[gpus]]), got {groups!r}")
 
     devices: list[GpuDevice] = []
+    linked: list[int] = []
     for position, group in enumerate(groups):
         where = f"gpus[{position}]."
         if not isinstance(group, dict):
@@ -107,8 +131,14 @@ def parse_host_description(data: Mapping[str, Any], source: str) -> HostHardware
                 f"MIG-capable models: {', '.join(capable)}"
             )
 
+        nvlink = group.get("nvlink", False)
+        if not isinstance(nvlink, bool):
+            raise HardwareError(f"{source}: {where}nvlink: must be true or false, got {nvlink!r}")
+
         for _ in range(count):
             index = len(devices)
+            if nvlink:
+                linked.append(index)
             devices.append(
                 GpuDevice(
                     index=index,
@@ -120,13 +150,25 @@ def parse_host_description(data: Mapping[str, Any], source: str) -> HostHardware
                     numa_node=numa_node,
                     mig_capable=model.mig_capable,
                     mig_enabled=mig_enabled,
+                    vendor=model.vendor,
                 )
             )
+
+    nodes = max((d.numa_node for d in devices), default=-1) + 1
+    share = cpu_count // nodes if nodes else 0
+    finished = []
+    for d in devices:
+        if d.numa_node >= 0 and share > 0:
+            cpus = tuple(range(d.numa_node * share, (d.numa_node + 1) * share))
+        else:
+            cpus = tuple(range(cpu_count))
+        peers = tuple(sorted(devices[i].pci_bus_id for i in linked if i != d.index)) if d.index in linked else ()
+        finished.append(replace(d, cpu_affinity=cpus, nvlink_peers=peers))
 
     return HostHardware(
         hostname=hostname,
         backend=SimulatorBackend.name,
-        gpus=tuple(devices),
+        gpus=tuple(finished),
         cpu_count=cpu_count,
         memory_mib=memory_mib,
     )
@@ -146,12 +188,17 @@ def load_host_file(path: Path) -> HostHardware:
 
 
 class SimulatorBackend:
-    """A ``GpuBackend`` over a fixed, simulated host."""
+    """A ``GpuBackend`` over a simulated host (``gridmesh.hw.simhost``), with the real rules and errors.
+
+    ``host`` is the simulated hardware: tests start processes and inject faults there.
+    """
 
     name = "simulator"
 
-    def __init__(self, hardware: HostHardware) -> None:
-        self._hardware = hardware
+    def __init__(self, hardware: HostHardware | SimHost) -> None:
+        self.host = hardware if isinstance(hardware, SimHost) else SimHost(hardware)
+        # XIDs are those seen since the backend was opened, as with a real driver's event set.
+        self._xid_start = len(self.host.xids)
 
     @classmethod
     def from_file(cls, path: Path) -> SimulatorBackend:
@@ -163,8 +210,87 @@ class SimulatorBackend:
         """This machine, simulated with no GPUs."""
         return cls(parse_host_description({}, "empty simulated host"))
 
+    # --- inventory and telemetry
+
     def inventory(self) -> HostHardware:
-        return self._hardware
+        return self.host.hardware()
+
+    def sample(self) -> tuple[GpuSample, ...]:
+        samples = []
+        for gpu in self.host.gpus:
+            if gpu.lost:
+                samples.append(GpuSample(gpu.uuid, None, None, None, None, None, None, None, None))
+            else:
+                samples.append(self.host.sample(gpu.uuid))
+        return tuple(samples)
+
+    # --- MIG
+
+    def mig_table(self, gpu: GpuUuid) -> MigTable:
+        return self.host.mig_table(gpu)
+
+    def mig_state(self, gpu: GpuUuid) -> MigState:
+        sim = self.host.answering(gpu)
+        return MigState(
+            gpu=sim.uuid,
+            capable=sim.device.mig_capable,
+            enabled=sim.mig_enabled,
+            pending=sim.mig_pending,
+            instances=tuple(gi.view() for gi in self.host.gpu_instances(gpu)) if sim.mig_enabled else (),
+        )
+
+    def set_mig_mode(self, gpu: GpuUuid, enabled: bool) -> MigModeChange:
+        return self.host.set_mig_mode(gpu, enabled)
+
+    def create_instance(self, gpu: GpuUuid, profile_id: int, start: int) -> GpuInstance:
+        gi = self.host.create_gpu_instance(gpu, profile_id, start)
+        try:
+            self.host.create_compute_instance(gi)
+        except HardwareError:
+            self.host.destroy_gpu_instance(gi)
+            raise
+        return gi.view()
+
+    def destroy_instance(self, gpu: GpuUuid, gpu_instance_id: int) -> None:
+        gi = self.host.gpu_instance(gpu, gpu_instance_id)
+        for ci_id in sorted(gi.cis):
+            self.host.destroy_compute_instance(self.host.compute_instance(gi, ci_id))
+        self.host.destroy_gpu_instance(gi)
+
+    # --- health
+
+    def processes(self, gpu: GpuUuid) -> tuple[GpuProcess, ...]:
+        return self.host.gpu_processes(gpu)
+
+    def health(self, gpu: GpuUuid) -> HealthReading:
+        sim = self.host.gpu(gpu)
+        xids = tuple(self.host.xids_of(gpu, self._xid_start))
+        seq = xids[-1].seq if xids else 0
+        if sim.lost:
+            return HealthReading(gpu=sim.uuid, reachable=False, xid_seq=seq, xids=xids[-XID_HISTORY:],
+                                 detail=f"GPU {sim.index} has fallen off the bus")
+        return HealthReading(
+            gpu=sim.uuid,
+            reachable=True,
+            ecc_uncorrectable=sim.ecc_uncorrectable,
+            remapped_rows_uncorrectable=sim.remapped_uncorrectable,
+            remap_pending=sim.remap_pending,
+            remap_failed=sim.remap_failed,
+            recovery_action=sim.recovery_action,
+            xid_seq=seq,
+            xids=xids[-XID_HISTORY:],
+        )
+
+    # --- partitions
+
+    def partition_state(self, gpu: GpuUuid) -> PartitionState:
+        return self.host.partition_state(gpu)
+
+    def set_partition_modes(self, gpu: GpuUuid, compute: str | None, memory: str | None) -> PartitionState:
+        state = self.host.partition_state(gpu)
+        if not state.compute_modes and not state.memory_modes:
+            raise NotSupportedError(f"GPU {gpu} ({self.host.gpu(gpu).model.model}) has no partition modes")
+        return self.host.set_partition_modes(gpu, compute, memory)
 
     def close(self) -> None:
         # Nothing is held; present because every backend has it.
