@@ -211,12 +211,12 @@ def test_agent_unknown_key_is_named_with_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(agent_config.ConfigError) as e:
         agent_config.load_config(path, env={})
     assert str(e.value) == (f"{path}: [agent] hw_backnd is not a setting; known: controller, host_file, "
-                            "host_id, hw_backend, log_format, log_level, site, state_dir, underlay_address")
+                            "host_id, hw_backend, log_format, log_level, site, state_dir, telemetry_hz, underlay_address")
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("log_format", "yaml", "log_format 'yaml'; allowed json or text"),
-    ("hw_backend", "cuda", "hw_backend 'cuda'; allowed auto, nvml or simulator"),
+    ("hw_backend", "cuda", "hw_backend 'cuda'; allowed auto, nvml, simulator, amd"),
 ])
 def test_agent_bad_choice(tmp_path: Path, key: str, value: str, message: str) -> None:
     for source in ("file", "env", "flag"):

@@ -33,9 +33,12 @@ Action = RecordAllocation | ForgetAllocation
 
 
 def check(spec: HostSpec, inventory: Inventory) -> str | None:
-    """Why this host cannot apply ``spec`` (devices it does not have, or given twice), or None."""
+    """Why this host cannot apply ``spec`` (devices it does not have, a whole GPU given twice, or a
+    MIG slice of a GPU that cannot do MIG), or None. MIG allocations share GPUs; whether their
+    instances fit is the MIG reconciler's to say, per allocation."""
     gpus = {g.index: g for g in inventory.gpus}
     owner: dict[int, str] = {}
+    sliced: dict[int, str] = {}
     for a in spec.allocations:
         if len(a.gpu_indexes) != len(a.gpu_uuids):
             return f"{a.allocation_id}: {len(a.gpu_indexes)} GPU indexes but {len(a.gpu_uuids)} UUIDs"
@@ -45,9 +48,12 @@ def check(spec: HostSpec, inventory: Inventory) -> str | None:
                 return f"{a.allocation_id}: GPU {index} does not exist on this host ({len(gpus)} GPUs)"
             if gpu.uuid != uuid:
                 return f"{a.allocation_id}: GPU {index} is {gpu.uuid}, not {uuid}"
-            if index in owner:
-                return f"GPU {index} is given to both {owner[index]} and {a.allocation_id}"
-            owner[index] = a.allocation_id
+            if a.mig_profile and not gpu.mig_capable:
+                return f"{a.allocation_id}: a {a.mig_profile} slice of GPU {index} ({gpu.model}), which has no MIG"
+            other = owner.get(index) or (sliced.get(index) if not a.mig_profile else None)
+            if other is not None:
+                return f"GPU {index} is given to both {other} and {a.allocation_id}"
+            (sliced if a.mig_profile else owner)[index] = a.allocation_id
     return None
 
 

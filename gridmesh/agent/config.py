@@ -5,11 +5,12 @@
     site = "edge-paris-1"
     controller = "controller.example:7443"
     state_dir = "/var/lib/gridmesh-agent"
-    hw_backend = "auto"                 # auto (NVML when a GPU is present), nvml or simulator
+    hw_backend = "auto"                 # auto (NVML, then AMD SMI, then the simulator), nvml, amd or simulator
     host_file = "/etc/gridmesh/host.toml"  # the simulator's description of the host's GPUs
     underlay_address = "192.0.2.10"
     log_level = "info"
     log_format = "json"
+    telemetry_hz = 1.0                  # GPU telemetry samples per second; 0 turns sampling off
 
 Environment: GRIDMESH_ and the key in capitals (GRIDMESH_CONTROLLER, GRIDMESH_SITE, ...).
 """
@@ -23,7 +24,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from gridmesh.agent.telemetry import MAX_RATE_HZ
 from gridmesh.common.settings import ENV_SOURCE, FLAGS_SOURCE, ConfigError, build, from_env, read_toml
+from gridmesh.hw.backend import BACKEND_KINDS
 
 __all__ = ["AgentConfig", "ConfigError", "load_config"]
 
@@ -39,6 +42,7 @@ class AgentConfig:
     underlay_address: str = ""
     log_level: str = "info"
     log_format: str = "json"
+    telemetry_hz: float = 1.0  # GPU telemetry samples per second; 0 turns sampling off
 
 
 def load_config(path: Path | None, env: Mapping[str, str] | None = None, **flags: Any) -> AgentConfig:
@@ -53,8 +57,10 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None, **flags
         cfg = replace(cfg, host_id=socket.gethostname().split(".")[0].lower())
     if not cfg.site:
         raise ConfigError("site is required: set [agent] site, GRIDMESH_SITE or --site")
-    if cfg.hw_backend not in ("auto", "nvml", "simulator"):
-        raise ConfigError(f"hw_backend {cfg.hw_backend!r}; allowed auto, nvml or simulator")
+    if cfg.hw_backend not in BACKEND_KINDS:
+        raise ConfigError(f"hw_backend {cfg.hw_backend!r}; allowed {', '.join(BACKEND_KINDS)}")
+    if not 0 <= cfg.telemetry_hz <= MAX_RATE_HZ:
+        raise ConfigError(f"telemetry_hz {cfg.telemetry_hz:g}; allowed 0 (off) to {MAX_RATE_HZ:g}")
     if cfg.log_format not in ("json", "text"):
         raise ConfigError(f"log_format {cfg.log_format!r}; allowed json or text")
     return cfg

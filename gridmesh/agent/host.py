@@ -1,14 +1,40 @@
-"""The agent's view of its host: hardware inventory, persisted state and the reconcilers, no gRPC."""
+"""The agent's view of its host: hardware, persisted state and the reconcilers, no gRPC.
+
+Per HostSpec (``apply``) and per status tick (``tick``), in this order:
+1. allocations: check the spec against the hardware, persist it, record its allocations;
+2. health: devices of released allocations are verified clean (no process left, no new XID or ECC
+   error, no pending remap; a MIG instance is re-created where that clears it); devices of new ones
+   get a baseline to compare against later;
+3. MIG: instances are made to match the allocations that ask for a profile; each allocation learns
+   the MIG device UUIDs it was given.
+An allocation is RUNNING once all its devices exist, PENDING while they are being made, FAILED with
+the driver's reason otherwise. GPU health (HEALTHY / UNCLEAN / UNHEALTHY) goes into the inventory, so
+the controller keeps a released GPU out of use until it is verified clean.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gridmesh.agent import allocations
+from gridmesh.agent.health import HealthMonitor, HealthTarget
+from gridmesh.agent.mig import InstanceState, MigReport, instance_key, reconcile, wanted_from_allocations
 from gridmesh.agent.state import AppliedState, LocalState
-from gridmesh.common.model import AllocationStatus, Event, GpuInfo, GpuUuid, HostId, HostSpec, Inventory
+from gridmesh.agent.telemetry import HostSample
+from gridmesh.common.model import (
+    AllocationSpec,
+    AllocationState,
+    AllocationStatus,
+    Event,
+    GpuInfo,
+    GpuUuid,
+    HostId,
+    HostSpec,
+    Inventory,
+    MigInstance,
+)
 from gridmesh.hw.backend import GpuBackend
 from gridmesh.hw.model import HardwareError, HostHardware
 
@@ -16,17 +42,21 @@ log = logging.getLogger("gridmesh.agent")
 AGENT_VERSION = "0.1.0"
 
 
-def inventory_of(hw: HostHardware) -> Inventory:
-    return Inventory(
-        hostname=hw.hostname,
-        gpus=tuple(GpuInfo(index=g.index, uuid=GpuUuid(g.uuid), model=g.model, memory_mib=g.memory_mib,
-                           compute_capability=g.compute_capability, pci_bus_id=g.pci_bus_id, numa_node=g.numa_node,
-                           mig_capable=g.mig_capable, mig_enabled=g.mig_enabled) for g in hw.gpus),
-        hw_backend=hw.backend,
-        agent_version=AGENT_VERSION,
-        cpu_count=hw.cpu_count,
-        memory_mib=hw.memory_mib,
-    )
+def inventory_of(hw: HostHardware, health: HealthMonitor | None = None) -> Inventory:
+    verdicts = health.status([g.uuid for g in hw.gpus]) if health is not None else {}
+    gpus = []
+    for g in hw.gpus:
+        info = GpuInfo(index=g.index, uuid=GpuUuid(g.uuid), model=g.model, memory_mib=g.memory_mib,
+                       compute_capability=g.compute_capability, pci_bus_id=g.pci_bus_id, numa_node=g.numa_node,
+                       mig_capable=g.mig_capable, mig_enabled=g.mig_enabled,
+                       mig_instances=tuple(MigInstance(i.uuid, i.profile, i.start, i.gpu_instance_id)
+                                           for i in g.mig_instances))
+        if g.uuid in verdicts:
+            state, reason = verdicts[g.uuid]
+            info = replace(info, health=state, health_reason=reason)
+        gpus.append(info)
+    return Inventory(hostname=hw.hostname, gpus=tuple(gpus), hw_backend=hw.backend, agent_version=AGENT_VERSION,
+                     cpu_count=hw.cpu_count, memory_mib=hw.memory_mib)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,21 +67,50 @@ class ApplyResult:
     statuses: tuple[AllocationStatus, ...]
 
 
+def _targets(a: AllocationSpec, mig_uuids: dict[str, str]) -> list[HealthTarget]:
+    return [HealthTarget(GpuUuid(gpu), mig_uuids.get(instance_key(a, i), "") if a.mig_profile else "")
+            for i, gpu in enumerate(a.gpu_uuids)]
+
+
 class HostAgent:
     def __init__(self, host_id: HostId, backend: GpuBackend, state: LocalState) -> None:
         self.host_id = host_id
         self.backend = backend
         self.state = state
+        self.health = HealthMonitor(backend)
         self.desired = state.load_desired(host_id)
         self.applied = state.load_applied()
+        self.mig: MigReport | None = None
+        self.latest_sample: HostSample | None = None
         # Events for the controller, sent with the next status report.
         self.pending_events: list[Event] = []
+        for a in self.applied.allocations:  # baselines for what already runs here (after a restart)
+            for target in _targets(a, dict(self.applied.mig_uuids)):
+                self._mark(target)
 
     def inventory(self) -> Inventory:
-        return inventory_of(self.backend.inventory())
+        return inventory_of(self.backend.inventory(), self.health)
 
     def statuses(self) -> tuple[AllocationStatus, ...]:
-        return tuple(allocations.statuses(self.applied.allocations))
+        """Every recorded allocation with its devices: RUNNING, or PENDING/FAILED while its MIG devices are not."""
+        mig_uuids = dict(self.applied.mig_uuids)
+        out = []
+        for a in self.applied.allocations:
+            if not a.mig_profile:
+                out.append(AllocationStatus(a.allocation_id, AllocationState.RUNNING, "", tuple(a.gpu_uuids)))
+                continue
+            keys = [instance_key(a, i) for i in range(len(a.gpu_uuids))]
+            results = {r.key: r for r in self.mig.instances} if self.mig is not None else {}
+            failed = [results[k] for k in keys if k in results and results[k].state is InstanceState.FAILED]
+            if failed:
+                out.append(AllocationStatus(a.allocation_id, AllocationState.FAILED, failed[0].reason))
+            elif all(mig_uuids.get(k) for k in keys):
+                out.append(AllocationStatus(a.allocation_id, AllocationState.RUNNING, "",
+                                            tuple(mig_uuids[k] for k in keys)))
+            else:
+                why = next((results[k].reason for k in keys if k in results), "MIG devices not made yet")
+                out.append(AllocationStatus(a.allocation_id, AllocationState.PENDING, why))
+        return tuple(out)
 
     def enforce_persisted(self) -> None:
         """At start-up, before any controller contact: re-apply the last accepted desired state."""
@@ -63,10 +122,10 @@ class HostAgent:
         if spec.host_id != self.host_id:
             return self._reject(spec, f"the spec is for host {spec.host_id}, this is {self.host_id}")
         try:
-            inventory = self.inventory()
+            hardware = self.backend.inventory()
         except HardwareError as e:
             return self._reject(spec, f"cannot read the host's GPUs: {e}")
-        reason = allocations.check(spec, inventory)
+        reason = allocations.check(spec, inventory_of(hardware))
         if reason is not None:
             return self._reject(spec, reason)
         try:
@@ -78,16 +137,81 @@ class HostAgent:
         actions = allocations.diff(spec, self.applied.allocations)
         for action in actions:
             log.info("apply", extra={"action": str(action), "revision": spec.revision})
+        mig_uuids = dict(self.applied.mig_uuids)
+        for action in actions:
+            if isinstance(action, allocations.ForgetAllocation):
+                self._release(action.allocation_id, mig_uuids)
         records = allocations.apply(self.applied.allocations, actions)
-        new = AppliedState(revision=spec.revision, allocations=records)
-        if new != self.applied:
-            try:
-                self.state.save_applied(new)
-            except OSError as e:
-                # Applied but not recorded: say so; the persisted desired state re-applies it at start-up.
-                self.report_error("StateWriteFailed", f"cannot record applied state: {e}")
-            self.applied = new
+        self._reconcile_mig(records, hardware, mig_uuids)
+        for action in actions:
+            if isinstance(action, allocations.RecordAllocation):
+                for target in _targets(action.spec, mig_uuids):
+                    self._mark(target)
+        self._save(AppliedState(revision=spec.revision, allocations=records,
+                                mig_uuids=tuple(sorted(mig_uuids.items()))))
         return ApplyResult(spec.revision, True, "", self.statuses())
+
+    def tick(self) -> None:
+        """The periodic pass before a status report: re-check unclean devices, retry unmade MIG devices."""
+        for verdict in self.health.recheck():
+            if verdict.clean:
+                log.info("verified clean", extra={"gpu": verdict.gpu, "device": verdict.mig_uuid})
+        if any(a.mig_profile for a in self.applied.allocations) and not (self.mig and self.mig.ok):
+            try:
+                hardware = self.backend.inventory()
+            except HardwareError as e:
+                self.report_error("HardwareUnreadable", f"cannot read the host's GPUs: {e}")
+                return
+            mig_uuids = dict(self.applied.mig_uuids)
+            self._reconcile_mig(self.applied.allocations, hardware, mig_uuids)
+            self._save(replace(self.applied, mig_uuids=tuple(sorted(mig_uuids.items()))))
+
+    def _release(self, allocation_id: str, mig_uuids: dict[str, str]) -> None:
+        """An allocation left this host: verify its devices clean before anyone else gets them."""
+        gone = next((a for a in self.applied.allocations if a.allocation_id == allocation_id), None)
+        if gone is None:
+            return
+        for target in _targets(gone, mig_uuids):
+            verdict = self.health.verify(target)
+            log.info("released", extra={"allocation": allocation_id, "verdict": str(verdict)})
+            if not verdict.clean:
+                self.report_error("DeviceNotClean", f"{allocation_id} released: {verdict}")
+            elif verdict.recreated_from:
+                log.info("re-created MIG instance", extra={"old": verdict.recreated_from, "new": verdict.mig_uuid})
+        for i in range(len(gone.gpu_uuids)):
+            mig_uuids.pop(instance_key(gone, i), None)
+
+    def _reconcile_mig(self, records: tuple[AllocationSpec, ...], hardware: HostHardware,
+                       mig_uuids: dict[str, str]) -> None:
+        """MIG instances for the allocations that ask for a profile; GPUs not in MIG mode are left alone."""
+        mig_gpus = [g.uuid for g in hardware.gpus if g.mig_enabled]
+        if not mig_gpus and not any(a.mig_profile for a in records):
+            self.mig = None
+            return
+        starts = {instance_key(a, i): s for a in records for i, s in enumerate(a.mig_starts)}
+        report = reconcile(self.backend, wanted_from_allocations(records, mig_gpus, mig_uuids, starts))
+        for line in report.errors():
+            self.report_error("MigFailed", line)
+        for r in report.instances:
+            if r.state is InstanceState.READY:
+                mig_uuids[r.key] = r.uuid
+        self.mig = report
+
+    def _mark(self, target: HealthTarget) -> None:
+        try:
+            self.health.mark(target)
+        except HardwareError as e:
+            self.report_error("HealthBaselineFailed", f"cannot read the health of {target}: {e}")
+
+    def _save(self, new: AppliedState) -> None:
+        if new == self.applied:
+            return
+        try:
+            self.state.save_applied(new)
+        except OSError as e:
+            # Applied but not recorded: say so; the persisted desired state re-applies it at start-up.
+            self.report_error("StateWriteFailed", f"cannot record applied state: {e}")
+        self.applied = new
 
     def _reject(self, spec: HostSpec, reason: str) -> ApplyResult:
         """The controller records the rejection from the acknowledgement; the agent keeps its last spec."""

@@ -12,10 +12,11 @@ from gridmesh.agent.config import AgentConfig, ConfigError, load_config
 from gridmesh.agent.host import HostAgent
 from gridmesh.agent.session import Session
 from gridmesh.agent.state import LocalState
+from gridmesh.agent.telemetry import TelemetrySampler
 from gridmesh.common.daemon import run_until_signalled
 from gridmesh.common.logs import setup_logging
 from gridmesh.common.model import HostId
-from gridmesh.hw.backend import open_backend
+from gridmesh.hw.backend import BACKEND_KINDS, open_backend
 from gridmesh.hw.model import HardwareError
 
 log = logging.getLogger("gridmesh.agent")
@@ -28,7 +29,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--site")
     p.add_argument("--controller", help="controller address, HOST:PORT")
     p.add_argument("--state-dir", type=Path)
-    p.add_argument("--hw-backend", choices=["auto", "nvml", "simulator"])
+    p.add_argument("--hw-backend", choices=list(BACKEND_KINDS))
+    p.add_argument("--telemetry-hz", type=float, help="GPU telemetry samples per second (0: off)")
     p.add_argument("--host-file", type=Path, help="simulated host description (TOML)")
     p.add_argument("--underlay-address")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -44,10 +46,17 @@ async def run(cfg: AgentConfig) -> None:
                                      "applied_revision": agent.applied.revision, "controller": cfg.controller})
     session = Session(agent, cfg.controller, cfg.site, cfg.underlay_address)
     task = asyncio.create_task(session.run_forever(), name="session")
+    sampler: asyncio.Task[None] | None = None
+    if cfg.telemetry_hz > 0:
+        telemetry = TelemetrySampler(backend, cfg.telemetry_hz,
+                                     on_sample=lambda s: setattr(agent, "latest_sample", s))
+        sampler = asyncio.create_task(telemetry.run(), name="telemetry")
     # Ready once local state is enforced: the host is safe even while the controller is away.
     await run_until_signalled()
     log.info("stopping")
     task.cancel()
+    if sampler is not None:
+        sampler.cancel()
     backend.close()
 
 
@@ -57,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = load_config(args.config, host_id=args.host_id, site=args.site, controller=args.controller,
                           state_dir=args.state_dir, hw_backend=args.hw_backend, host_file=args.host_file,
                           underlay_address=args.underlay_address, log_level=args.log_level,
-                          log_format=args.log_format)
+                          log_format=args.log_format, telemetry_hz=args.telemetry_hz)
     except ConfigError as e:
         print(f"gridmesh-agent: {e}", file=sys.stderr)
         sys.exit(2)

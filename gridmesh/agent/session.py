@@ -16,6 +16,7 @@ from gridmesh.agent.host import HostAgent
 from gridmesh.common.convert import (
     allocation_status_to_proto,
     event_to_proto,
+    gpu_sample_to_proto,
     host_spec_from_proto,
     inventory_to_proto,
     timestamp,
@@ -115,10 +116,13 @@ class Session:
             outbox.put_nowait(self.status_message())
 
     def status_message(self) -> agpb.AgentMessage:
+        self.agent.tick()
+        sample = self.agent.latest_sample
         return agpb.AgentMessage(status=agpb.HostStatus(
             inventory=inventory_to_proto(self.agent.inventory()),
             applied_revision=self.agent.applied.revision,
             allocations=[allocation_status_to_proto(s) for s in self.agent.statuses()],
             events=[event_to_proto(e) for e in self.agent.take_events()],
             observed_at=timestamp(time.time()),
+            telemetry=[gpu_sample_to_proto(s) for s in sample.gpus] if sample is not None else [],
         ))

@@ -17,10 +17,12 @@ from gridmesh.common.model import AllocationSpec, HostId, HostSpec
 
 @dataclass(frozen=True, slots=True)
 class AppliedState:
-    """What the agent has applied: the revision and the allocations it records as running."""
+    """What the agent has applied: the revision, the allocations it records, and the MIG device UUID
+    each of their MIG instances was given (by instance key), so a restart re-binds the same devices."""
 
     revision: int = 0
     allocations: tuple[AllocationSpec, ...] = ()
+    mig_uuids: tuple[tuple[str, str], ...] = ()
 
 
 def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:

@@ -27,6 +27,7 @@ from gridmesh.common.model import (
     Workload,
     WorkspaceName,
 )
+from gridmesh.hw.model import GpuSample
 from gridmesh.v1 import types_pb2 as pb
 
 
@@ -133,6 +134,7 @@ def host_spec_to_proto(spec: HostSpec) -> pb.HostSpec:
                 gpu_uuids=list(a.gpu_uuids),
                 mig_profile=a.mig_profile,
                 workload=workload_to_proto(a.workload),
+                mig_starts=list(a.mig_starts),
             )
             for a in spec.allocations
         ],
@@ -153,6 +155,7 @@ def host_spec_from_proto(m: pb.HostSpec) -> HostSpec:
                 gpu_uuids=tuple(GpuUuid(u) for u in a.gpu_uuids),
                 mig_profile=a.mig_profile,
                 workload=workload_from_proto(a.workload),
+                mig_starts=tuple(a.mig_starts),
             )
             for a in m.allocations
         ),
@@ -201,3 +204,14 @@ def event_from_proto(m: pb.Event) -> Event:
         seq=m.seq,
         revision=m.revision,
     )
+
+
+def gpu_sample_to_proto(s: GpuSample) -> pb.GpuSample:
+    """Unread values (None) stay unset on the wire."""
+    m = pb.GpuSample(gpu_uuid=s.gpu)
+    for name in ("gpu_util_pct", "mem_bw_util_pct", "memory_used_mib", "memory_free_mib", "power_w",
+                 "temperature_c", "sm_clock_mhz", "mem_clock_mhz"):
+        value = getattr(s, name)
+        if value is not None:
+            setattr(m, name, value)
+    return m

@@ -163,6 +163,8 @@ class AllocationSpec:
     gpu_uuids: tuple[GpuUuid, ...]
     mig_profile: str = ""
     workload: Workload = field(default_factory=Workload)
+    # The memory-slice start of the MIG instance on each GPU, where the scheduler chose one.
+    mig_starts: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,9 @@ import enum
 from dataclasses import dataclass
 from typing import NewType
 
-GpuUuid = NewType("GpuUuid", str)
-"""A GPU's UUID as NVML spells it: ``GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`` (AMD UUIDs get the same prefix)."""
+# A GPU's UUID as NVML spells it: ``GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`` (AMD UUIDs get the same prefix).
+# One type for hw, the agent and the controller, re-exported here for the hardware code.
+from gridmesh.common.model import GpuUuid as GpuUuid
 
 MigUuid = NewType("MigUuid", str)
 """A MIG device's UUID as NVML spells it: ``MIG-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx``. What a workload's

@@ -155,6 +155,7 @@ class HostStatus(_message.Message):
     ALLOCATIONS_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     OBSERVED_AT_FIELD_NUMBER: _builtins.int
+    TELEMETRY_FIELD_NUMBER: _builtins.int
     applied_revision: _builtins.int
     @_builtins.property
     def inventory(self) -> _types_pb2.Inventory: ...
@@ -166,6 +167,10 @@ class HostStatus(_message.Message):
 
     @_builtins.property
     def observed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def telemetry(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.GpuSample]:
+        """the latest sample of each GPU"""
+
     def __init__(
         self,
         *,
@@ -174,10 +179,11 @@ class HostStatus(_message.Message):
         allocations: _abc.Iterable[_types_pb2.AllocationStatus] | None = ...,
         events: _abc.Iterable[_types_pb2.Event] | None = ...,
         observed_at: _timestamp_pb2.Timestamp | None = ...,
+        telemetry: _abc.Iterable[_types_pb2.GpuSample] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory", "observed_at", b"observed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "applied_revision", b"applied_revision", "events", b"events", "inventory", b"inventory", "observed_at", b"observed_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "applied_revision", b"applied_revision", "events", b"events", "inventory", b"inventory", "observed_at", b"observed_at", "telemetry", b"telemetry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -571,6 +571,7 @@ class Allocation(_message.Message):
     STATE_REASON_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    MIG_STARTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     gpr_id: _builtins.str
     workspace: _builtins.str
@@ -589,6 +590,10 @@ class Allocation(_message.Message):
 
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def mig_starts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """MIG placements chosen by the scheduler, one per GPU"""
+
     def __init__(
         self,
         *,
@@ -605,10 +610,11 @@ class Allocation(_message.Message):
         state_reason: _builtins.str = ...,
         revision: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        mig_starts: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "device_uuids", b"device_uuids", "gpr_id", b"gpr_id", "gpu_indexes", b"gpu_indexes", "host_id", b"host_id", "id", b"id", "mig_profile", b"mig_profile", "replica", b"replica", "revision", b"revision", "site", b"site", "state", b"state", "state_reason", b"state_reason", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "device_uuids", b"device_uuids", "gpr_id", b"gpr_id", "gpu_indexes", b"gpu_indexes", "host_id", b"host_id", "id", b"id", "mig_profile", b"mig_profile", "mig_starts", b"mig_starts", "replica", b"replica", "revision", b"revision", "site", b"site", "state", b"state", "state_reason", b"state_reason", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1173,6 +1179,7 @@ class AllocationSpec(_message.Message):
     GPU_UUIDS_FIELD_NUMBER: _builtins.int
     MIG_PROFILE_FIELD_NUMBER: _builtins.int
     WORKLOAD_FIELD_NUMBER: _builtins.int
+    MIG_STARTS_FIELD_NUMBER: _builtins.int
     allocation_id: _builtins.str
     gpr_id: _builtins.str
     workspace: _builtins.str
@@ -1184,6 +1191,10 @@ class AllocationSpec(_message.Message):
     def gpu_uuids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def workload(self) -> Global___Workload: ...
+    @_builtins.property
+    def mig_starts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The memory-slice start of each MIG instance, where the scheduler chose it (one per GPU)."""
+
     def __init__(
         self,
         *,
@@ -1195,10 +1206,11 @@ class AllocationSpec(_message.Message):
         gpu_uuids: _abc.Iterable[_builtins.str] | None = ...,
         mig_profile: _builtins.str = ...,
         workload: Global___Workload | None = ...,
+        mig_starts: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["workload", b"workload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation_id", b"allocation_id", "gpr_id", b"gpr_id", "gpu_indexes", b"gpu_indexes", "gpu_uuids", b"gpu_uuids", "mig_profile", b"mig_profile", "replica", b"replica", "workload", b"workload", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation_id", b"allocation_id", "gpr_id", b"gpr_id", "gpu_indexes", b"gpu_indexes", "gpu_uuids", b"gpu_uuids", "mig_profile", b"mig_profile", "mig_starts", b"mig_starts", "replica", b"replica", "workload", b"workload", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1231,6 +1243,82 @@ class HostSpec(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HostSpec: _TypeAlias = HostSpec  # noqa: Y015
+
+@_typing.final
+class GpuSample(_message.Message):
+    """One GPU's telemetry sample; unset fields could not be read on this GPU."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GPU_UUID_FIELD_NUMBER: _builtins.int
+    GPU_UTIL_PCT_FIELD_NUMBER: _builtins.int
+    MEM_BW_UTIL_PCT_FIELD_NUMBER: _builtins.int
+    MEMORY_USED_MIB_FIELD_NUMBER: _builtins.int
+    MEMORY_FREE_MIB_FIELD_NUMBER: _builtins.int
+    POWER_W_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_C_FIELD_NUMBER: _builtins.int
+    SM_CLOCK_MHZ_FIELD_NUMBER: _builtins.int
+    MEM_CLOCK_MHZ_FIELD_NUMBER: _builtins.int
+    gpu_uuid: _builtins.str
+    gpu_util_pct: _builtins.float
+    mem_bw_util_pct: _builtins.float
+    memory_used_mib: _builtins.int
+    memory_free_mib: _builtins.int
+    power_w: _builtins.float
+    temperature_c: _builtins.float
+    sm_clock_mhz: _builtins.int
+    mem_clock_mhz: _builtins.int
+    def __init__(
+        self,
+        *,
+        gpu_uuid: _builtins.str = ...,
+        gpu_util_pct: _builtins.float | None = ...,
+        mem_bw_util_pct: _builtins.float | None = ...,
+        memory_used_mib: _builtins.int | None = ...,
+        memory_free_mib: _builtins.int | None = ...,
+        power_w: _builtins.float | None = ...,
+        temperature_c: _builtins.float | None = ...,
+        sm_clock_mhz: _builtins.int | None = ...,
+        mem_clock_mhz: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_gpu_util_pct", b"_gpu_util_pct", "_mem_bw_util_pct", b"_mem_bw_util_pct", "_mem_clock_mhz", b"_mem_clock_mhz", "_memory_free_mib", b"_memory_free_mib", "_memory_used_mib", b"_memory_used_mib", "_power_w", b"_power_w", "_sm_clock_mhz", b"_sm_clock_mhz", "_temperature_c", b"_temperature_c", "gpu_util_pct", b"gpu_util_pct", "mem_bw_util_pct", b"mem_bw_util_pct", "mem_clock_mhz", b"mem_clock_mhz", "memory_free_mib", b"memory_free_mib", "memory_used_mib", b"memory_used_mib", "power_w", b"power_w", "sm_clock_mhz", b"sm_clock_mhz", "temperature_c", b"temperature_c"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gpu_util_pct", b"_gpu_util_pct", "_mem_bw_util_pct", b"_mem_bw_util_pct", "_mem_clock_mhz", b"_mem_clock_mhz", "_memory_free_mib", b"_memory_free_mib", "_memory_used_mib", b"_memory_used_mib", "_power_w", b"_power_w", "_sm_clock_mhz", b"_sm_clock_mhz", "_temperature_c", b"_temperature_c", "gpu_util_pct", b"gpu_util_pct", "gpu_uuid", b"gpu_uuid", "mem_bw_util_pct", b"mem_bw_util_pct", "mem_clock_mhz", b"mem_clock_mhz", "memory_free_mib", b"memory_free_mib", "memory_used_mib", b"memory_used_mib", "power_w", b"power_w", "sm_clock_mhz", b"sm_clock_mhz", "temperature_c", b"temperature_c"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__gpu_util_pct: _TypeAlias = _typing.Literal["gpu_util_pct"]  # noqa: Y015
+    _WhichOneofArgType__gpu_util_pct: _TypeAlias = _typing.Literal["_gpu_util_pct", b"_gpu_util_pct"]  # noqa: Y015
+    _WhichOneofReturnType__mem_bw_util_pct: _TypeAlias = _typing.Literal["mem_bw_util_pct"]  # noqa: Y015
+    _WhichOneofArgType__mem_bw_util_pct: _TypeAlias = _typing.Literal["_mem_bw_util_pct", b"_mem_bw_util_pct"]  # noqa: Y015
+    _WhichOneofReturnType__mem_clock_mhz: _TypeAlias = _typing.Literal["mem_clock_mhz"]  # noqa: Y015
+    _WhichOneofArgType__mem_clock_mhz: _TypeAlias = _typing.Literal["_mem_clock_mhz", b"_mem_clock_mhz"]  # noqa: Y015
+    _WhichOneofReturnType__memory_free_mib: _TypeAlias = _typing.Literal["memory_free_mib"]  # noqa: Y015
+    _WhichOneofArgType__memory_free_mib: _TypeAlias = _typing.Literal["_memory_free_mib", b"_memory_free_mib"]  # noqa: Y015
+    _WhichOneofReturnType__memory_used_mib: _TypeAlias = _typing.Literal["memory_used_mib"]  # noqa: Y015
+    _WhichOneofArgType__memory_used_mib: _TypeAlias = _typing.Literal["_memory_used_mib", b"_memory_used_mib"]  # noqa: Y015
+    _WhichOneofReturnType__power_w: _TypeAlias = _typing.Literal["power_w"]  # noqa: Y015
+    _WhichOneofArgType__power_w: _TypeAlias = _typing.Literal["_power_w", b"_power_w"]  # noqa: Y015
+    _WhichOneofReturnType__sm_clock_mhz: _TypeAlias = _typing.Literal["sm_clock_mhz"]  # noqa: Y015
+    _WhichOneofArgType__sm_clock_mhz: _TypeAlias = _typing.Literal["_sm_clock_mhz", b"_sm_clock_mhz"]  # noqa: Y015
+    _WhichOneofReturnType__temperature_c: _TypeAlias = _typing.Literal["temperature_c"]  # noqa: Y015
+    _WhichOneofArgType__temperature_c: _TypeAlias = _typing.Literal["_temperature_c", b"_temperature_c"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gpu_util_pct) -> _WhichOneofReturnType__gpu_util_pct | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mem_bw_util_pct) -> _WhichOneofReturnType__mem_bw_util_pct | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mem_clock_mhz) -> _WhichOneofReturnType__mem_clock_mhz | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_free_mib) -> _WhichOneofReturnType__memory_free_mib | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_used_mib) -> _WhichOneofReturnType__memory_used_mib | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__power_w) -> _WhichOneofReturnType__power_w | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sm_clock_mhz) -> _WhichOneofReturnType__sm_clock_mhz | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature_c) -> _WhichOneofReturnType__temperature_c | None: ...
+
+Global___GpuSample: _TypeAlias = GpuSample  # noqa: Y015
 
 @_typing.final
 class AllocationStatus(_message.Message):
