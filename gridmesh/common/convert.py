@@ -24,9 +24,12 @@ from gridmesh.common.model import (
     Inventory,
     MigInstance,
     Port,
+    WgInterfaceSpec,
+    WgPeer,
     Workload,
     WorkspaceName,
 )
+from gridmesh.dataplane.model import OverlayInterfaceStatus
 from gridmesh.hw.model import GpuSample
 from gridmesh.v1 import types_pb2 as pb
 
@@ -138,6 +141,7 @@ def host_spec_to_proto(spec: HostSpec) -> pb.HostSpec:
             )
             for a in spec.allocations
         ],
+        overlay=[overlay_interface_to_proto(i) for i in spec.overlay],
     )
 
 
@@ -159,6 +163,7 @@ def host_spec_from_proto(m: pb.HostSpec) -> HostSpec:
             )
             for a in m.allocations
         ),
+        overlay=tuple(overlay_interface_from_proto(i) for i in m.overlay),
     )
 
 
@@ -215,3 +220,38 @@ def gpu_sample_to_proto(s: GpuSample) -> pb.GpuSample:
         if value is not None:
             setattr(m, name, value)
     return m
+
+
+def overlay_interface_to_proto(i: WgInterfaceSpec) -> pb.OverlayInterface:
+    return pb.OverlayInterface(
+        name=i.name, workspace=i.workspace, private_key_ref=i.private_key_ref, listen_port=i.listen_port,
+        addresses=list(i.addresses),
+        peers=[pb.WireGuardPeer(public_key=p.public_key, endpoint=p.endpoint, allowed_ips=list(p.allowed_ips),
+                                persistent_keepalive_seconds=p.persistent_keepalive) for p in i.peers],
+    )
+
+
+def overlay_interface_from_proto(m: pb.OverlayInterface) -> WgInterfaceSpec:
+    return WgInterfaceSpec(
+        name=m.name, workspace=WorkspaceName(m.workspace), private_key_ref=m.private_key_ref,
+        listen_port=m.listen_port, addresses=tuple(m.addresses),
+        peers=tuple(WgPeer(p.public_key, p.endpoint, tuple(p.allowed_ips), p.persistent_keepalive_seconds)
+                    for p in m.peers),
+    )
+
+
+def overlay_status_to_proto(s: OverlayInterfaceStatus) -> pb.OverlayInterfaceStatus:
+    return pb.OverlayInterfaceStatus(
+        workspace=s.workspace, interface=s.interface, public_key=s.public_key, next_public_key=s.next_public_key,
+        listen_port=s.listen_port, staged_peer_keys=list(s.staged_peer_keys), peer_count=s.peer_count,
+        peers_with_handshake=s.peers_with_handshake, rx_bytes=s.rx_bytes, tx_bytes=s.tx_bytes, error=s.error,
+    )
+
+
+def overlay_status_from_proto(m: pb.OverlayInterfaceStatus) -> OverlayInterfaceStatus:
+    return OverlayInterfaceStatus(
+        workspace=WorkspaceName(m.workspace), interface=m.interface, public_key=m.public_key,
+        next_public_key=m.next_public_key, listen_port=m.listen_port, staged_peer_keys=tuple(m.staged_peer_keys),
+        peer_count=m.peer_count, peers_with_handshake=m.peers_with_handshake, rx_bytes=m.rx_bytes,
+        tx_bytes=m.tx_bytes, error=m.error,
+    )

@@ -167,6 +167,55 @@ class AllocationSpec:
     mig_starts: tuple[int, ...] = ()
 
 
+# -- workspace overlays (see gridmesh.dataplane.model for the rules and the observed state) -------------
+
+DEFAULT_KEEPALIVE_S = 25
+
+
+@dataclass(frozen=True, slots=True)
+class WgPeer:
+    """One peer of an overlay interface, as desired.
+
+    ``allowed_ips`` empty means a staged key, published ahead of a key rotation (see
+    ``gridmesh.dataplane.model``); ``persistent_keepalive`` 0 turns keepalives off.
+    """
+
+    public_key: str
+    endpoint: str = ""
+    allowed_ips: tuple[str, ...] = ()
+    persistent_keepalive: int = DEFAULT_KEEPALIVE_S
+
+
+@dataclass(frozen=True, slots=True)
+class WgInterfaceSpec:
+    """One workspace's overlay interface on one host, as the controller wants it.
+
+    ``name``: the device name, unique across every host that may share a kernel (see
+    ``naming.interface_name``), at most 15 characters.
+    ``private_key_ref``: the public key of the key pair to use; empty means "the key you have"
+    (the host makes one on first use). Naming a key the host published as its *next* key is how the
+    controller tells the host to switch to it (key rotation).
+    ``listen_port``: 0 lets the host choose (and keep) a port; it reports the port it uses.
+    ``addresses``: the host's overlay address with the workspace prefix length first, then the
+    addresses of the host's workloads in the workspace (``/32``).
+    """
+
+    name: str
+    workspace: WorkspaceName
+    private_key_ref: str = ""
+    listen_port: int = 0
+    addresses: tuple[str, ...] = ()
+    peers: tuple[WgPeer, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OverlaySpec:
+    """Every overlay interface one host should have; an interface not listed here is removed."""
+
+    host_id: HostId
+    interfaces: tuple[WgInterfaceSpec, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class HostSpec:
     """The whole desired state of one host at one revision (level-triggered: never a delta)."""
@@ -174,6 +223,8 @@ class HostSpec:
     host_id: HostId
     revision: int
     allocations: tuple[AllocationSpec, ...] = ()
+    # The host's overlay interfaces, one per workspace it serves; an interface not listed is removed.
+    overlay: tuple[WgInterfaceSpec, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,13 +42,16 @@ from gridmesh.controller.model import (
     Gpr,
     GprSpec,
     Host,
+    OverlayRecord,
     Quota,
     Site,
     Workspace,
 )
+from gridmesh.controller.overlay import OverlayHost, plan_overlay, reports_from_status
 from gridmesh.controller.scheduler import Placement, Plan, Snapshot
 from gridmesh.controller.scheduler.firstfit import allowed_regions, host_exclusion
 from gridmesh.controller.store import Store, Tx
+from gridmesh.dataplane.model import OverlayInterfaceStatus, OverlayStatus
 
 S = GprState
 # GPRs the scheduler should look at: waiting ones, and held ones short of replicas (scaled up, drained).
@@ -288,6 +291,35 @@ class Grid:
                     tx.put(replace(gpr, state_reason=reason, updated_at=now))
                     tx.event(self._event("gpr.unschedulable", gpr.id, "Unschedulable", reason))
 
+    def update_overlays(self) -> int:
+        """Re-plans every workspace overlay from the allocations and the hosts' reports (pure plan) and
+        gives each host whose interfaces changed a new desired revision; returns how many changed."""
+        store = self.store
+        hosts = sorted(store.all(Host), key=lambda h: h.id)
+        record = store.get(OverlayRecord, "overlay")
+        workspaces = {w.name: w for w in store.all(Workspace)}
+        plan = plan_overlay(
+            [OverlayHost(h.id, h.underlay_address, h.connected) for h in hosts],
+            store.all(Allocation),
+            [r for h in hosts for r in h.overlay_reports],
+            previous=record.state if record else None,
+            workspaces=list(workspaces),
+        )
+        changed = [h for h in hosts if plan.spec_for(h.id).interfaces != h.overlay]
+        cidrs = dict(plan.state.workspace_cidrs)
+        renumbered = [w for w in workspaces.values() if cidrs.get(w.name, "") != w.overlay_cidr]
+        if not changed and not renumbered and record is not None and record.state == plan.state:
+            return 0
+        with store.write() as tx:
+            tx.put(OverlayRecord("overlay", plan.state))
+            for h in changed:
+                tx.put(replace(h, overlay=plan.spec_for(h.id).interfaces, desired_revision=tx.revision))
+            for w in renumbered:
+                tx.put(replace(w, overlay_cidr=cidrs.get(w.name, "")))
+            for problem in plan.problems:
+                tx.event(self._event("overlay.problem", "overlay", "OverlayProblem", problem))
+        return len(changed)
+
     def _still_fits(self, gpr: Gpr, placements: Sequence[Placement], have: set[int],
                     used: dict[HostId, set[str]], workspace_gpus: Counter[str]) -> bool:
         workspace = self.store.workspace(gpr.spec.workspace)
@@ -380,7 +412,8 @@ class Grid:
             self._apply_statuses(tx, host_id, statuses, now)
 
     def host_status(self, host_id: str, inventory: Inventory, statuses: Iterable[AllocationStatus],
-                    events: Iterable[Event], applied_revision: int = 0) -> None:
+                    events: Iterable[Event], applied_revision: int = 0,
+                    overlay: Iterable[OverlayInterfaceStatus] = ()) -> None:
         """A report: allocation states, inventory (with GPU health) and the host's own events.
 
         A released GPU becomes usable again only here: when the host, having applied the revision
@@ -392,9 +425,14 @@ class Grid:
         healthy = {g.uuid for g in inventory.gpus if g.health is GpuHealth.HEALTHY}
         still_released = tuple((u, rev) for u, rev in host.released_gpus
                                if not (rev <= applied_revision and u in healthy))
+        reports = reports_from_status(OverlayStatus(HostId(host_id), tuple(overlay)))
         with self.store.write() as tx:
-            if inventory != host.inventory or still_released != host.released_gpus:
-                tx.put(replace(host, inventory=inventory, last_seen=now, released_gpus=still_released))
+            if (inventory, still_released, reports) != (host.inventory, host.released_gpus, host.overlay_reports):
+                tx.put(replace(host, inventory=inventory, last_seen=now, released_gpus=still_released,
+                               overlay_reports=reports))
+            for s in overlay:
+                if s.error:
+                    tx.event(self._event("host.error", host_id, "OverlayFailed", f"{s.interface}: {s.error}"))
             for uuid in sorted({u for u, _ in host.released_gpus} - {u for u, _ in still_released}):
                 tx.event(self._event("gpu.clean", host_id, "VerifiedClean", f"GPU {uuid} verified clean; back in use"))
             for e in events:

@@ -1,4 +1,4 @@
-"""Allocations -> the desired HostSpec of one host (pure)."""
+"""Allocations and the planned overlay -> the desired HostSpec of one host (pure)."""
 
 from __future__ import annotations
 
@@ -23,4 +23,4 @@ def build_host_spec(host: Host, allocations: Iterable[Allocation], gprs: Mapping
             mig_profile=a.mig_profile,
             workload=gpr.spec.workload if gpr else Workload(),
         ))
-    return HostSpec(host_id=host.id, revision=host.desired_revision, allocations=tuple(specs))
+    return HostSpec(host_id=host.id, revision=host.desired_revision, allocations=tuple(specs), overlay=host.overlay)

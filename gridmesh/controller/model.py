@@ -26,9 +26,11 @@ from gridmesh.common.model import (
     SharingMode,
     SiteName,
     SiteTier,
+    WgInterfaceSpec,
     Workload,
     WorkspaceName,
 )
+from gridmesh.controller.overlay import MemberReport, OverlayState
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,10 @@ class Host:
     # GPUs taken from a tenant, with the revision that released them. Each stays out of use until the
     # host reports it HEALTHY in a status sent after applying that revision (verified clean there).
     released_gpus: tuple[tuple[GpuUuid, int], ...] = ()
+    # Its overlay interfaces as last planned (part of its HostSpec), and what its agent last reported
+    # about them (public keys and ports: what the other members need to reach it).
+    overlay: tuple[WgInterfaceSpec, ...] = ()
+    overlay_reports: tuple[MemberReport, ...] = ()
     revision: int = 0
 
     @property
@@ -187,4 +193,13 @@ class BootstrapToken:
     expires_at: float
     description: str = ""
     used: bool = False
+    revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OverlayRecord:
+    """The overlay plan's memory (workspace CIDRs, address leases, key choices); one, with id "overlay"."""
+
+    id: str
+    state: OverlayState
     revision: int = 0

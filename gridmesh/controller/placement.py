@@ -11,16 +11,18 @@ log = logging.getLogger("gridmesh.controller.placement")
 
 
 def placement_round(grid: Grid) -> int:
-    """One round: expire what is due, plan the pending GPRs, commit what still fits."""
+    """One round: expire what is due, plan the pending GPRs, commit what still fits, re-plan overlays."""
     grid.expire_due()
     snapshot = grid.snapshot()
-    if not snapshot.pending:
-        return 0
-    plan = scheduler.plan(snapshot)
-    placed = grid.apply_plan(plan)
-    grid.note_unplaced(plan.unplaced)
-    if placed:
-        log.info("placed", extra={"placements": placed, "revision": snapshot.revision})
+    placed = 0
+    if snapshot.pending:
+        plan = scheduler.plan(snapshot)
+        placed = grid.apply_plan(plan)
+        grid.note_unplaced(plan.unplaced)
+        if placed:
+            log.info("placed", extra={"placements": placed, "revision": snapshot.revision})
+    # Placements change workspace membership; reports change keys and ports: the overlays follow both.
+    grid.update_overlays()
     return placed
 
 

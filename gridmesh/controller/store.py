@@ -23,10 +23,10 @@ from typing import Any, TypeVar
 
 from gridmesh.common.codec import decode, encode
 from gridmesh.common.model import AllocationId, Event, GprId, HostId, SiteName, WorkspaceName
-from gridmesh.controller.model import Allocation, BootstrapToken, Gpr, Host, Site, Workspace
+from gridmesh.controller.model import Allocation, BootstrapToken, Gpr, Host, OverlayRecord, Site, Workspace
 
-StoredObject = Site | Host | Workspace | Gpr | Allocation | BootstrapToken
-T = TypeVar("T", Site, Host, Workspace, Gpr, Allocation, BootstrapToken)
+StoredObject = Site | Host | Workspace | Gpr | Allocation | BootstrapToken | OverlayRecord
+T = TypeVar("T", Site, Host, Workspace, Gpr, Allocation, BootstrapToken, OverlayRecord)
 
 _KINDS: dict[type, str] = {
     Site: "site",
@@ -35,6 +35,7 @@ _KINDS: dict[type, str] = {
     Gpr: "gpr",
     Allocation: "allocation",
     BootstrapToken: "token",
+    OverlayRecord: "overlay",
 }
 
 _SCHEMA = """

@@ -23,54 +23,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gridmesh.common.model import (  # the desired-state types travel in HostSpec, so they live there
+    DEFAULT_KEEPALIVE_S as DEFAULT_KEEPALIVE_S,
+)
 from gridmesh.common.model import HostId, WorkspaceName
-
-DEFAULT_KEEPALIVE_S = 25
-
-
-@dataclass(frozen=True, slots=True)
-class WgPeer:
-    """One peer of an overlay interface, as desired.
-
-    ``allowed_ips`` empty means a staged key (see the module docstring); ``persistent_keepalive`` 0
-    turns keepalives off.
-    """
-
-    public_key: str
-    endpoint: str = ""
-    allowed_ips: tuple[str, ...] = ()
-    persistent_keepalive: int = DEFAULT_KEEPALIVE_S
-
-
-@dataclass(frozen=True, slots=True)
-class WgInterfaceSpec:
-    """One workspace's overlay interface on one host, as the controller wants it.
-
-    ``name``: the device name, unique across every host that may share a kernel (see
-    ``naming.interface_name``), at most 15 characters.
-    ``private_key_ref``: the public key of the key pair to use; empty means "the key you have"
-    (the host makes one on first use). Naming a key the host published as its *next* key is how the
-    controller tells the host to switch to it (key rotation).
-    ``listen_port``: 0 lets the host choose (and keep) a port; it reports the port it uses.
-    ``addresses``: the host's overlay address with the workspace prefix length first, then the
-    addresses of the host's workloads in the workspace (``/32``).
-    """
-
-    name: str
-    workspace: WorkspaceName
-    private_key_ref: str = ""
-    listen_port: int = 0
-    addresses: tuple[str, ...] = ()
-    peers: tuple[WgPeer, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class OverlaySpec:
-    """Every overlay interface one host should have; an interface not listed here is removed."""
-
-    host_id: HostId
-    interfaces: tuple[WgInterfaceSpec, ...] = ()
-
+from gridmesh.common.model import OverlaySpec as OverlaySpec
+from gridmesh.common.model import WgInterfaceSpec as WgInterfaceSpec
+from gridmesh.common.model import WgPeer as WgPeer
 
 # -- what a host observes --------------------------------------------------------------------------
 

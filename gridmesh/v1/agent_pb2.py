@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from gridmesh.v1 import types_pb2 as gridmesh_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17gridmesh/v1/agent.proto\x12\x0bgridmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17gridmesh/v1/types.proto\"X\n\rEnrollRequest\x12\x17\n\x0f\x62ootstrap_token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x0f\n\x07host_id\x18\x03 \x01(\t\x12\x0c\n\x04site\x18\x04 \x01(\t\"\x86\x01\n\x0e\x45nrollResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x02 \x01(\x0c\x12\x0f\n\x07host_id\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8c\x01\n\x0cSessionHello\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12)\n\tinventory\x18\x03 \x01(\x0b\x32\x16.gridmesh.v1.Inventory\x12\x18\n\x10\x61pplied_revision\x18\x04 \x01(\x04\x12\x18\n\x10underlay_address\x18\x05 \x01(\t\"q\n\x07SpecAck\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x32\n\x0b\x61llocations\x18\x04 \x03(\x0b\x32\x1d.gridmesh.v1.AllocationStatus\"\x85\x02\n\nHostStatus\x12)\n\tinventory\x18\x01 \x01(\x0b\x32\x16.gridmesh.v1.Inventory\x12\x18\n\x10\x61pplied_revision\x18\x02 \x01(\x04\x12\x32\n\x0b\x61llocations\x18\x03 \x03(\x0b\x32\x1d.gridmesh.v1.AllocationStatus\x12\"\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x12.gridmesh.v1.Event\x12/\n\x0bobserved_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\ttelemetry\x18\x06 \x03(\x0b\x32\x16.gridmesh.v1.GpuSample\"\x92\x01\n\x0c\x41gentMessage\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.gridmesh.v1.SessionHelloH\x00\x12#\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x14.gridmesh.v1.SpecAckH\x00\x12)\n\x06status\x18\x03 \x01(\x0b\x32\x17.gridmesh.v1.HostStatusH\x00\x42\x06\n\x04\x62ody\"\\\n\x0eSessionWelcome\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x18\n\x10\x64\x65sired_revision\x18\x02 \x01(\x04\x12\x1f\n\x17status_interval_seconds\x18\x03 \x01(\r\"r\n\x11\x43ontrollerMessage\x12.\n\x07welcome\x18\x01 \x01(\x0b\x32\x1b.gridmesh.v1.SessionWelcomeH\x00\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x15.gridmesh.v1.HostSpecH\x00\x42\x06\n\x04\x62ody2\x9b\x01\n\x0c\x41gentService\x12\x41\n\x06\x45nroll\x12\x1a.gridmesh.v1.EnrollRequest\x1a\x1b.gridmesh.v1.EnrollResponse\x12H\n\x07Session\x12\x19.gridmesh.v1.AgentMessage\x1a\x1e.gridmesh.v1.ControllerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17gridmesh/v1/agent.proto\x12\x0bgridmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17gridmesh/v1/types.proto\"X\n\rEnrollRequest\x12\x17\n\x0f\x62ootstrap_token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x0f\n\x07host_id\x18\x03 \x01(\t\x12\x0c\n\x04site\x18\x04 \x01(\t\"\x86\x01\n\x0e\x45nrollResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x02 \x01(\x0c\x12\x0f\n\x07host_id\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8c\x01\n\x0cSessionHello\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12)\n\tinventory\x18\x03 \x01(\x0b\x32\x16.gridmesh.v1.Inventory\x12\x18\n\x10\x61pplied_revision\x18\x04 \x01(\x04\x12\x18\n\x10underlay_address\x18\x05 \x01(\t\"q\n\x07SpecAck\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x32\n\x0b\x61llocations\x18\x04 \x03(\x0b\x32\x1d.gridmesh.v1.AllocationStatus\"\xd4\x02\n\nHostStatus\x12)\n\tinventory\x18\x01 \x01(\x0b\x32\x16.gridmesh.v1.Inventory\x12\x18\n\x10\x61pplied_revision\x18\x02 \x01(\x04\x12\x32\n\x0b\x61llocations\x18\x03 \x03(\x0b\x32\x1d.gridmesh.v1.AllocationStatus\x12\"\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x12.gridmesh.v1.Event\x12/\n\x0bobserved_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\ttelemetry\x18\x06 \x03(\x0b\x32\x16.gridmesh.v1.GpuSample\x12\x34\n\x07overlay\x18\x07 \x03(\x0b\x32#.gridmesh.v1.OverlayInterfaceStatus\x12\x17\n\x0foverlay_backend\x18\x08 \x01(\t\"\x92\x01\n\x0c\x41gentMessage\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.gridmesh.v1.SessionHelloH\x00\x12#\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x14.gridmesh.v1.SpecAckH\x00\x12)\n\x06status\x18\x03 \x01(\x0b\x32\x17.gridmesh.v1.HostStatusH\x00\x42\x06\n\x04\x62ody\"\\\n\x0eSessionWelcome\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x18\n\x10\x64\x65sired_revision\x18\x02 \x01(\x04\x12\x1f\n\x17status_interval_seconds\x18\x03 \x01(\r\"r\n\x11\x43ontrollerMessage\x12.\n\x07welcome\x18\x01 \x01(\x0b\x32\x1b.gridmesh.v1.SessionWelcomeH\x00\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x15.gridmesh.v1.HostSpecH\x00\x42\x06\n\x04\x62ody2\x9b\x01\n\x0c\x41gentService\x12\x41\n\x06\x45nroll\x12\x1a.gridmesh.v1.EnrollRequest\x1a\x1b.gridmesh.v1.EnrollResponse\x12H\n\x07Session\x12\x19.gridmesh.v1.AgentMessage\x1a\x1e.gridmesh.v1.ControllerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,13 +42,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SPECACK']._serialized_start=468
   _globals['_SPECACK']._serialized_end=581
   _globals['_HOSTSTATUS']._serialized_start=584
-  _globals['_HOSTSTATUS']._serialized_end=845
-  _globals['_AGENTMESSAGE']._serialized_start=848
-  _globals['_AGENTMESSAGE']._serialized_end=994
-  _globals['_SESSIONWELCOME']._serialized_start=996
-  _globals['_SESSIONWELCOME']._serialized_end=1088
-  _globals['_CONTROLLERMESSAGE']._serialized_start=1090
-  _globals['_CONTROLLERMESSAGE']._serialized_end=1204
-  _globals['_AGENTSERVICE']._serialized_start=1207
-  _globals['_AGENTSERVICE']._serialized_end=1362
+  _globals['_HOSTSTATUS']._serialized_end=924
+  _globals['_AGENTMESSAGE']._serialized_start=927
+  _globals['_AGENTMESSAGE']._serialized_end=1073
+  _globals['_SESSIONWELCOME']._serialized_start=1075
+  _globals['_SESSIONWELCOME']._serialized_end=1167
+  _globals['_CONTROLLERMESSAGE']._serialized_start=1169
+  _globals['_CONTROLLERMESSAGE']._serialized_end=1283
+  _globals['_AGENTSERVICE']._serialized_start=1286
+  _globals['_AGENTSERVICE']._serialized_end=1441
 # @@protoc_insertion_point(module_scope)

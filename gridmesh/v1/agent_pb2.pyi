@@ -156,7 +156,11 @@ class HostStatus(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     OBSERVED_AT_FIELD_NUMBER: _builtins.int
     TELEMETRY_FIELD_NUMBER: _builtins.int
+    OVERLAY_FIELD_NUMBER: _builtins.int
+    OVERLAY_BACKEND_FIELD_NUMBER: _builtins.int
     applied_revision: _builtins.int
+    overlay_backend: _builtins.str
+    """"kernel", "userspace" or "" when the host runs no overlays"""
     @_builtins.property
     def inventory(self) -> _types_pb2.Inventory: ...
     @_builtins.property
@@ -171,6 +175,8 @@ class HostStatus(_message.Message):
     def telemetry(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.GpuSample]:
         """the latest sample of each GPU"""
 
+    @_builtins.property
+    def overlay(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.OverlayInterfaceStatus]: ...
     def __init__(
         self,
         *,
@@ -180,10 +186,12 @@ class HostStatus(_message.Message):
         events: _abc.Iterable[_types_pb2.Event] | None = ...,
         observed_at: _timestamp_pb2.Timestamp | None = ...,
         telemetry: _abc.Iterable[_types_pb2.GpuSample] | None = ...,
+        overlay: _abc.Iterable[_types_pb2.OverlayInterfaceStatus] | None = ...,
+        overlay_backend: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory", "observed_at", b"observed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "applied_revision", b"applied_revision", "events", b"events", "inventory", b"inventory", "observed_at", b"observed_at", "telemetry", b"telemetry"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "applied_revision", b"applied_revision", "events", b"events", "inventory", b"inventory", "observed_at", b"observed_at", "overlay", b"overlay", "overlay_backend", b"overlay_backend", "telemetry", b"telemetry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

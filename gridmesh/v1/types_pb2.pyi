@@ -1217,6 +1217,84 @@ class AllocationSpec(_message.Message):
 Global___AllocationSpec: _TypeAlias = AllocationSpec  # noqa: Y015
 
 @_typing.final
+class WireGuardPeer(_message.Message):
+    """A peer of a workspace overlay interface: another member host. Only public keys ever travel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    ALLOWED_IPS_FIELD_NUMBER: _builtins.int
+    PERSISTENT_KEEPALIVE_SECONDS_FIELD_NUMBER: _builtins.int
+    public_key: _builtins.str
+    """base64"""
+    endpoint: _builtins.str
+    """HOST:PORT on the underlay ([v6]:PORT)"""
+    persistent_keepalive_seconds: _builtins.int
+    @_builtins.property
+    def allowed_ips(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """empty: a key staged ahead of a rotation"""
+
+    def __init__(
+        self,
+        *,
+        public_key: _builtins.str = ...,
+        endpoint: _builtins.str = ...,
+        allowed_ips: _abc.Iterable[_builtins.str] | None = ...,
+        persistent_keepalive_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_ips", b"allowed_ips", "endpoint", b"endpoint", "persistent_keepalive_seconds", b"persistent_keepalive_seconds", "public_key", b"public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WireGuardPeer: _TypeAlias = WireGuardPeer  # noqa: Y015
+
+@_typing.final
+class OverlayInterface(_message.Message):
+    """One workspace's overlay interface on one host."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    WORKSPACE_FIELD_NUMBER: _builtins.int
+    PRIVATE_KEY_REF_FIELD_NUMBER: _builtins.int
+    LISTEN_PORT_FIELD_NUMBER: _builtins.int
+    ADDRESSES_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """device name, unique per host and workspace, <= 15 characters"""
+    workspace: _builtins.str
+    private_key_ref: _builtins.str
+    """the PUBLIC key of the pair to use; empty: the one the host has"""
+    listen_port: _builtins.int
+    """0: the host picks and keeps one"""
+    @_builtins.property
+    def addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the host's address with the workspace prefix first, then workloads'"""
+
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___WireGuardPeer]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        workspace: _builtins.str = ...,
+        private_key_ref: _builtins.str = ...,
+        listen_port: _builtins.int = ...,
+        addresses: _abc.Iterable[_builtins.str] | None = ...,
+        peers: _abc.Iterable[Global___WireGuardPeer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "listen_port", b"listen_port", "name", b"name", "peers", b"peers", "private_key_ref", b"private_key_ref", "workspace", b"workspace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverlayInterface: _TypeAlias = OverlayInterface  # noqa: Y015
+
+@_typing.final
 class HostSpec(_message.Message):
     """The whole desired state of one host at one revision."""
 
@@ -1225,24 +1303,83 @@ class HostSpec(_message.Message):
     HOST_ID_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     ALLOCATIONS_FIELD_NUMBER: _builtins.int
+    OVERLAY_FIELD_NUMBER: _builtins.int
     host_id: _builtins.str
     revision: _builtins.int
     @_builtins.property
     def allocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___AllocationSpec]: ...
+    @_builtins.property
+    def overlay(self) -> _containers.RepeatedCompositeFieldContainer[Global___OverlayInterface]:
+        """an interface not listed is removed"""
+
     def __init__(
         self,
         *,
         host_id: _builtins.str = ...,
         revision: _builtins.int = ...,
         allocations: _abc.Iterable[Global___AllocationSpec] | None = ...,
+        overlay: _abc.Iterable[Global___OverlayInterface] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "host_id", b"host_id", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "host_id", b"host_id", "overlay", b"overlay", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HostSpec: _TypeAlias = HostSpec  # noqa: Y015
+
+@_typing.final
+class OverlayInterfaceStatus(_message.Message):
+    """One overlay interface as the host reports it: public facts only."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_FIELD_NUMBER: _builtins.int
+    INTERFACE_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    NEXT_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    LISTEN_PORT_FIELD_NUMBER: _builtins.int
+    STAGED_PEER_KEYS_FIELD_NUMBER: _builtins.int
+    PEER_COUNT_FIELD_NUMBER: _builtins.int
+    PEERS_WITH_HANDSHAKE_FIELD_NUMBER: _builtins.int
+    RX_BYTES_FIELD_NUMBER: _builtins.int
+    TX_BYTES_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    workspace: _builtins.str
+    interface: _builtins.str
+    public_key: _builtins.str
+    next_public_key: _builtins.str
+    """published for a rotation, not in use yet"""
+    listen_port: _builtins.int
+    peer_count: _builtins.int
+    peers_with_handshake: _builtins.int
+    rx_bytes: _builtins.int
+    tx_bytes: _builtins.int
+    error: _builtins.str
+    @_builtins.property
+    def staged_peer_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        workspace: _builtins.str = ...,
+        interface: _builtins.str = ...,
+        public_key: _builtins.str = ...,
+        next_public_key: _builtins.str = ...,
+        listen_port: _builtins.int = ...,
+        staged_peer_keys: _abc.Iterable[_builtins.str] | None = ...,
+        peer_count: _builtins.int = ...,
+        peers_with_handshake: _builtins.int = ...,
+        rx_bytes: _builtins.int = ...,
+        tx_bytes: _builtins.int = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "interface", b"interface", "listen_port", b"listen_port", "next_public_key", b"next_public_key", "peer_count", b"peer_count", "peers_with_handshake", b"peers_with_handshake", "public_key", b"public_key", "rx_bytes", b"rx_bytes", "staged_peer_keys", b"staged_peer_keys", "tx_bytes", b"tx_bytes", "workspace", b"workspace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverlayInterfaceStatus: _TypeAlias = OverlayInterfaceStatus  # noqa: Y015
 
 @_typing.final
 class GpuSample(_message.Message):

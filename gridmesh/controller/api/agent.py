@@ -24,6 +24,7 @@ from gridmesh.common.convert import (
     event_from_proto,
     host_spec_to_proto,
     inventory_from_proto,
+    overlay_status_from_proto,
 )
 from gridmesh.controller.api import convert
 from gridmesh.controller.api.errors import abort_for, unary
@@ -131,7 +132,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     st = msg.status
                     self.grid.host_status(host_id, inventory_from_proto(st.inventory),
                                           [allocation_status_from_proto(s) for s in st.allocations],
-                                          [event_from_proto(e) for e in st.events], st.applied_revision)
+                                          [event_from_proto(e) for e in st.events], st.applied_revision,
+                                          [overlay_status_from_proto(o) for o in st.overlay])
                 else:
                     log.warning("unexpected message in session", extra={"host_id": host_id, "kind": kind})
             except Exception:
