@@ -11,6 +11,8 @@
     log_level = "info"
     log_format = "json"
     telemetry_hz = 1.0                  # GPU telemetry samples per second; 0 turns sampling off
+    overlay_backend = "auto"            # workspace overlays: auto, kernel, userspace (wireguard-go) or off
+    netns_prefix = "gmws-"              # workspace network namespaces are named <prefix><workspace>
 
 Environment: GRIDMESH_ and the key in capitals (GRIDMESH_CONTROLLER, GRIDMESH_SITE, ...).
 """
@@ -29,6 +31,7 @@ from gridmesh.common.settings import ENV_SOURCE, FLAGS_SOURCE, ConfigError, buil
 from gridmesh.hw.backend import BACKEND_KINDS
 
 __all__ = ["AgentConfig", "ConfigError", "load_config"]
+OVERLAY_BACKENDS = ("auto", "kernel", "userspace", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,8 @@ class AgentConfig:
     log_level: str = "info"
     log_format: str = "json"
     telemetry_hz: float = 1.0  # GPU telemetry samples per second; 0 turns sampling off
+    overlay_backend: str = "auto"  # WireGuard: auto, kernel, userspace (wireguard-go) or off
+    netns_prefix: str = "gmws-"  # workspace namespaces are <prefix><workspace>
 
 
 def load_config(path: Path | None, env: Mapping[str, str] | None = None, **flags: Any) -> AgentConfig:
@@ -59,6 +64,8 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None, **flags
         raise ConfigError("site is required: set [agent] site, GRIDMESH_SITE or --site")
     if cfg.hw_backend not in BACKEND_KINDS:
         raise ConfigError(f"hw_backend {cfg.hw_backend!r}; allowed {', '.join(BACKEND_KINDS)}")
+    if cfg.overlay_backend not in OVERLAY_BACKENDS:
+        raise ConfigError(f"overlay_backend {cfg.overlay_backend!r}; allowed {', '.join(OVERLAY_BACKENDS)}")
     if not 0 <= cfg.telemetry_hz <= MAX_RATE_HZ:
         raise ConfigError(f"telemetry_hz {cfg.telemetry_hz:g}; allowed 0 (off) to {MAX_RATE_HZ:g}")
     if cfg.log_format not in ("json", "text"):

@@ -6,7 +6,8 @@ Per HostSpec (``apply``) and per status tick (``tick``), in this order:
    error, no pending remap; a MIG instance is re-created where that clears it); devices of new ones
    get a baseline to compare against later;
 3. MIG: instances are made to match the allocations that ask for a profile; each allocation learns
-   the MIG device UUIDs it was given.
+   the MIG device UUIDs it was given;
+4. overlay: each workspace's WireGuard interface and peers (only public keys leave the host).
 An allocation is RUNNING once all its devices exist, PENDING while they are being made, FAILED with
 the driver's reason otherwise. GPU health (HEALTHY / UNCLEAN / UNHEALTHY) goes into the inventory, so
 the controller keeps a released GPU out of use until it is verified clean.
@@ -21,6 +22,7 @@ from dataclasses import dataclass, replace
 from gridmesh.agent import allocations
 from gridmesh.agent.health import HealthMonitor, HealthTarget
 from gridmesh.agent.mig import InstanceState, MigReport, instance_key, reconcile, wanted_from_allocations
+from gridmesh.agent.overlay import OverlayReconciler
 from gridmesh.agent.state import AppliedState, LocalState
 from gridmesh.agent.telemetry import HostSample
 from gridmesh.common.model import (
@@ -34,7 +36,10 @@ from gridmesh.common.model import (
     HostSpec,
     Inventory,
     MigInstance,
+    OverlaySpec,
 )
+from gridmesh.dataplane.device import DataplaneError
+from gridmesh.dataplane.model import OverlayStatus
 from gridmesh.hw.backend import GpuBackend
 from gridmesh.hw.model import HardwareError, HostHardware
 
@@ -73,10 +78,14 @@ def _targets(a: AllocationSpec, mig_uuids: dict[str, str]) -> list[HealthTarget]
 
 
 class HostAgent:
-    def __init__(self, host_id: HostId, backend: GpuBackend, state: LocalState) -> None:
+    def __init__(self, host_id: HostId, backend: GpuBackend, state: LocalState,
+                 overlay: OverlayReconciler | None = None) -> None:
         self.host_id = host_id
         self.backend = backend
         self.state = state
+        self.overlay = overlay
+        self.overlay_status: OverlayStatus | None = None
+        self._overlay_refused = False
         self.health = HealthMonitor(backend)
         self.desired = state.load_desired(host_id)
         self.applied = state.load_applied()
@@ -149,10 +158,13 @@ class HostAgent:
                     self._mark(target)
         self._save(AppliedState(revision=spec.revision, allocations=records,
                                 mig_uuids=tuple(sorted(mig_uuids.items()))))
+        self._reconcile_overlay()
         return ApplyResult(spec.revision, True, "", self.statuses())
 
     def tick(self) -> None:
-        """The periodic pass before a status report: re-check unclean devices, retry unmade MIG devices."""
+        """The periodic pass before a status report: re-check unclean devices, retry unmade MIG devices,
+        and re-assert the overlay (level-triggered: whatever changed underneath is put back)."""
+        self._reconcile_overlay()
         for verdict in self.health.recheck():
             if verdict.clean:
                 log.info("verified clean", extra={"gpu": verdict.gpu, "device": verdict.mig_uuid})
@@ -165,6 +177,19 @@ class HostAgent:
             mig_uuids = dict(self.applied.mig_uuids)
             self._reconcile_mig(self.applied.allocations, hardware, mig_uuids)
             self._save(replace(self.applied, mig_uuids=tuple(sorted(mig_uuids.items()))))
+
+    def _reconcile_overlay(self) -> None:
+        """The workspace overlay interfaces the desired state names (errors come back in the status)."""
+        if self.overlay is None:
+            if self.desired.overlay and not self._overlay_refused:
+                self._overlay_refused = True
+                self.report_error("OverlayUnavailable", f"{len(self.desired.overlay)} workspace overlays asked "
+                                  "for, but this agent runs no overlay backend")
+            return
+        try:
+            self.overlay_status = self.overlay.reconcile(OverlaySpec(self.host_id, self.desired.overlay))
+        except (DataplaneError, OSError) as e:
+            self.report_error("OverlayFailed", f"cannot reconcile the workspace overlays: {e}")
 
     def _release(self, allocation_id: str, mig_uuids: dict[str, str]) -> None:
         """An allocation left this host: verify its devices clean before anyone else gets them."""

@@ -8,14 +8,18 @@ import logging
 import sys
 from pathlib import Path
 
-from gridmesh.agent.config import AgentConfig, ConfigError, load_config
+from gridmesh.agent.config import OVERLAY_BACKENDS, AgentConfig, ConfigError, load_config
 from gridmesh.agent.host import HostAgent
+from gridmesh.agent.overlay import OverlayReconciler
 from gridmesh.agent.session import Session
 from gridmesh.agent.state import LocalState
 from gridmesh.agent.telemetry import TelemetrySampler
 from gridmesh.common.daemon import run_until_signalled
 from gridmesh.common.logs import setup_logging
 from gridmesh.common.model import HostId
+from gridmesh.dataplane.backend import open_backend as open_dataplane
+from gridmesh.dataplane.device import DataplaneError
+from gridmesh.dataplane.links import NetlinkLinks
 from gridmesh.hw.backend import BACKEND_KINDS, open_backend
 from gridmesh.hw.model import HardwareError
 
@@ -31,6 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--state-dir", type=Path)
     p.add_argument("--hw-backend", choices=list(BACKEND_KINDS))
     p.add_argument("--telemetry-hz", type=float, help="GPU telemetry samples per second (0: off)")
+    p.add_argument("--overlay-backend", choices=list(OVERLAY_BACKENDS), help="workspace overlays (off: none)")
+    p.add_argument("--netns-prefix", help="workspace network namespaces are <prefix><workspace>")
     p.add_argument("--host-file", type=Path, help="simulated host description (TOML)")
     p.add_argument("--underlay-address")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -40,7 +46,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def run(cfg: AgentConfig) -> None:
     backend = open_backend(cfg.hw_backend, cfg.host_file)
-    agent = HostAgent(HostId(cfg.host_id), backend, LocalState(cfg.state_dir))
+    # pyroute2's synchronous API refuses to run inside a running event loop: open it off the loop.
+    overlay, overlay_problem = await asyncio.to_thread(open_overlay, cfg)
+    agent = HostAgent(HostId(cfg.host_id), backend, LocalState(cfg.state_dir), overlay)
+    if overlay_problem:
+        agent.report_error("OverlayUnavailable", overlay_problem)
     agent.enforce_persisted()
     log.info("agent started", extra={"host_id": cfg.host_id, "site": cfg.site, "backend": backend.name,
                                      "applied_revision": agent.applied.revision, "controller": cfg.controller})
@@ -60,13 +70,26 @@ async def run(cfg: AgentConfig) -> None:
     backend.close()
 
 
+def open_overlay(cfg: AgentConfig) -> tuple[OverlayReconciler | None, str]:
+    """The overlay reconciler, or None with why (turned off, or no WireGuard on this host)."""
+    if cfg.overlay_backend == "off":
+        return None, ""
+    try:
+        links = NetlinkLinks()
+        wg = open_dataplane(cfg.overlay_backend, links, log_dir=cfg.state_dir / "overlay" / "logs")
+        return OverlayReconciler(cfg.host_id, cfg.state_dir, wg, links, netns_prefix=cfg.netns_prefix), ""
+    except (DataplaneError, OSError) as e:
+        return None, f"workspace overlays are unavailable on this host: {e}"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, host_id=args.host_id, site=args.site, controller=args.controller,
                           state_dir=args.state_dir, hw_backend=args.hw_backend, host_file=args.host_file,
                           underlay_address=args.underlay_address, log_level=args.log_level,
-                          log_format=args.log_format, telemetry_hz=args.telemetry_hz)
+                          log_format=args.log_format, telemetry_hz=args.telemetry_hz,
+                          overlay_backend=args.overlay_backend, netns_prefix=args.netns_prefix)
     except ConfigError as e:
         print(f"gridmesh-agent: {e}", file=sys.stderr)
         sys.exit(2)

@@ -19,6 +19,7 @@ from gridmesh.common.convert import (
     gpu_sample_to_proto,
     host_spec_from_proto,
     inventory_to_proto,
+    overlay_status_to_proto,
     timestamp,
 )
 from gridmesh.v1 import agent_pb2 as agpb
@@ -57,6 +58,7 @@ class Session:
         self.site = site
         self.underlay_address = underlay_address
         self.connected = asyncio.Event()
+        self.busy = asyncio.Lock()
 
     async def run_forever(self) -> None:
         backoff = Backoff()
@@ -95,13 +97,15 @@ class Session:
                                                         "desired_revision": msg.welcome.desired_revision})
                         reporter = asyncio.create_task(self._report(outbox, interval))
                     elif kind == "spec":
-                        result = self.agent.apply(host_spec_from_proto(msg.spec))
+                        # Reconcilers block (netlink, the GPU driver): off the event loop, one at a time.
+                        async with self.busy:
+                            result = await asyncio.to_thread(self.agent.apply, host_spec_from_proto(msg.spec))
                         outbox.put_nowait(agpb.AgentMessage(ack=agpb.SpecAck(
                             revision=result.revision, accepted=result.accepted, reason=result.reason,
                             allocations=[allocation_status_to_proto(s) for s in result.statuses])))
                         # Report at once: GPUs released by this spec are usable again only once the
-                        # controller sees them healthy after it.
-                        outbox.put_nowait(self.status_message())
+                        # controller sees them healthy after it; new overlay keys let peers add us.
+                        outbox.put_nowait(await self.status_message())
                         log.info("spec applied" if result.accepted else "spec rejected",
                                  extra={"revision": result.revision, "reason": result.reason,
                                         "allocations": len(result.statuses)})
@@ -113,11 +117,13 @@ class Session:
     async def _report(self, outbox: asyncio.Queue[agpb.AgentMessage], interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
-            outbox.put_nowait(self.status_message())
+            outbox.put_nowait(await self.status_message())
 
-    def status_message(self) -> agpb.AgentMessage:
-        self.agent.tick()
+    async def status_message(self) -> agpb.AgentMessage:
+        async with self.busy:
+            await asyncio.to_thread(self.agent.tick)
         sample = self.agent.latest_sample
+        overlay = self.agent.overlay_status
         return agpb.AgentMessage(status=agpb.HostStatus(
             inventory=inventory_to_proto(self.agent.inventory()),
             applied_revision=self.agent.applied.revision,
@@ -125,4 +131,6 @@ class Session:
             events=[event_to_proto(e) for e in self.agent.take_events()],
             observed_at=timestamp(time.time()),
             telemetry=[gpu_sample_to_proto(s) for s in sample.gpus] if sample is not None else [],
+            overlay=[overlay_status_to_proto(i) for i in overlay.interfaces] if overlay is not None else [],
+            overlay_backend=overlay.backend if overlay is not None else "",
         ))

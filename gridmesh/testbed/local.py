@@ -104,7 +104,8 @@ class LocalGrid:
         proc = Proc(host_id, self._python(
             "gridmesh.agent", "--host-id", host_id, "--site", site, "--controller", self.address,
             "--state-dir", str(self.root / "agents" / host_id), "--hw-backend", "simulator",
-            "--host-file", str(host_file)), self.root / f"agent-{host_id}.log")
+            # Every agent here shares one kernel and one loopback: overlays need the namespace test bed.
+            "--host-file", str(host_file), "--overlay-backend", "off"), self.root / f"agent-{host_id}.log")
         proc.start()
         self.agents[host_id] = proc
         return proc

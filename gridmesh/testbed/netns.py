@@ -304,7 +304,8 @@ class NetnsTestbed:
         proc = self._start(Proc(host_id, self._python(
             h.netns, "gridmesh.agent", "--host-id", host_id, "--site", site, "--controller", self.address,
             "--state-dir", str(h.state_dir), "--hw-backend", "simulator", "--host-file", str(host_file),
-            "--underlay-address", h.underlay_address, *extra_args), self.root / f"agent-{host_id}.log"))
+            "--underlay-address", h.underlay_address, "--netns-prefix", h.workspace_prefix, "--overlay-backend",
+            "userspace", *extra_args), self.root / f"agent-{host_id}.log"))
         self.agents[host_id] = proc
         return proc
 

@@ -914,6 +914,7 @@ class Host(_message.Message):
     ALLOCATION_IDS_FIELD_NUMBER: _builtins.int
     UNDERLAY_ADDRESS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    OVERLAY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     site: _builtins.str
     state: Global___HostState.ValueType
@@ -931,6 +932,10 @@ class Host(_message.Message):
     def last_seen(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def allocation_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def overlay(self) -> _containers.RepeatedCompositeFieldContainer[Global___OverlayInterface]:
+        """its workspace interfaces as planned (public keys only)"""
+
     def __init__(
         self,
         *,
@@ -946,10 +951,11 @@ class Host(_message.Message):
         allocation_ids: _abc.Iterable[_builtins.str] | None = ...,
         underlay_address: _builtins.str = ...,
         revision: _builtins.int = ...,
+        overlay: _abc.Iterable[Global___OverlayInterface] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory", "last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation_ids", b"allocation_ids", "applied_revision", b"applied_revision", "connected", b"connected", "desired_revision", b"desired_revision", "id", b"id", "inventory", b"inventory", "last_seen", b"last_seen", "revision", b"revision", "site", b"site", "state", b"state", "state_reason", b"state_reason", "underlay_address", b"underlay_address"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation_ids", b"allocation_ids", "applied_revision", b"applied_revision", "connected", b"connected", "desired_revision", b"desired_revision", "id", b"id", "inventory", b"inventory", "last_seen", b"last_seen", "overlay", b"overlay", "revision", b"revision", "site", b"site", "state", b"state", "state_reason", b"state_reason", "underlay_address", b"underlay_address"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

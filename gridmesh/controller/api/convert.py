@@ -16,7 +16,7 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
-from gridmesh.common.convert import inventory_to_proto, timestamp, workload_to_proto
+from gridmesh.common.convert import inventory_to_proto, overlay_interface_to_proto, timestamp, workload_to_proto
 from gridmesh.common.model import (
     AllocationState,
     GprState,
@@ -347,6 +347,7 @@ def host_to_proto(h: Host, allocation_ids: Iterable[str], last_seen: float) -> p
         desired_revision=h.desired_revision, applied_revision=h.applied_revision,
         last_seen=timestamp(last_seen), allocation_ids=list(allocation_ids),
         underlay_address=h.underlay_address, revision=h.revision,
+        overlay=[overlay_interface_to_proto(i) for i in h.overlay],
     )
 
 

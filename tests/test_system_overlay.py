@@ -1,0 +1,101 @@
+"""The whole system in the namespace test bed: a controller, three agents each in its own host
+namespace, GPRs in two workspaces over real gRPC. The controller plans each workspace's overlay from
+the allocations; the agents build it with wireguard-go; workloads' namespaces reach each other only
+within their workspace, and no private key ever reaches the controller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gridmesh.dataplane import keys as wgkeys
+from gridmesh.dataplane.links import socket_in_netns
+from gridmesh.testbed.netns import NetnsTestbed, available, udp_reachability
+from gridmesh.v1 import admin_pb2, admin_pb2_grpc, provision_pb2, provision_pb2_grpc
+from gridmesh.v1 import types_pb2 as pb
+from tests.conftest import wait_for
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow,
+              pytest.mark.skipif(bool(available()), reason=available() or "available")]
+
+
+@pytest.fixture
+def bed(tmp_path: Path) -> Iterator[NetnsTestbed]:
+    with NetnsTestbed(tmp_path / "bed", hosts=3) as b:
+        b.start_controller()
+        yield b
+
+
+def overlay_address(admin: admin_pb2_grpc.AdminServiceStub, host_id: str, workspace: str) -> str:
+    host = admin.GetHost(admin_pb2.GetHostRequest(id=host_id))
+    for i in host.overlay:
+        if i.workspace == workspace and i.addresses:
+            return str(i.addresses[0]).split("/")[0]
+    return ""
+
+
+def test_workspaces_get_encrypted_overlays_through_the_real_controller(bed: NetnsTestbed) -> None:
+    h1, h2, h3 = bed.hosts
+    with grpc.insecure_channel(bed.address) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        provision = provision_pb2_grpc.ProvisionServiceStub(channel)
+        for i, h in enumerate(bed.hosts):
+            admin.CreateSite(admin_pb2.CreateSiteRequest(site=pb.Site(name=f"s{i + 1}", tier=pb.SITE_TIER_CORE,
+                                                                      region="eu")))
+            bed.start_agent(h.host_id, f"s{i + 1}", [{"model": "L4", "count": 2}])
+        for ws in ("a", "b"):
+            admin.CreateWorkspace(admin_pb2.CreateWorkspaceRequest(workspace=pb.Workspace(name=ws)))
+        # Workspace a on every host, b on h2 and h3 only.
+        gprs = []
+        for ws, sites in (("a", ("s1", "s2", "s3")), ("b", ("s2", "s3"))):
+            for site in sites:
+                spec = pb.GprSpec(workspace=ws, shape=pb.GpuShape(count=1), priority_tier=pb.PRIORITY_TIER_LOW,
+                                  priority=1, placement=pb.PlacementSpec(policy=pb.PLACEMENT_POLICY_PINNED, site=site))
+                gprs.append(provision.SubmitGpr(provision_pb2.SubmitGprRequest(spec=spec)).id)
+        for gpr_id in gprs:
+            wait_for(lambda gpr_id=gpr_id: provision.GetGpr(provision_pb2.GetGprRequest(id=gpr_id)).state
+                     == pb.GPR_STATE_RUNNING, 30, f"{gpr_id} running")
+
+        def planned() -> bool:
+            # Every member has the others as peers (their keys and ports reported and planned).
+            for h, ws, peers in ((h1, "a", 2), (h2, "a", 2), (h3, "a", 2), (h2, "b", 1), (h3, "b", 1)):
+                host = admin.GetHost(admin_pb2.GetHostRequest(id=h.host_id))
+                ifaces = [i for i in host.overlay if i.workspace == ws]
+                if len(ifaces) != 1 or len([p for p in ifaces[0].peers if p.allowed_ips]) != peers:
+                    return False
+            return True
+
+        wait_for(planned, 40, "every overlay planned with every peer")
+        a1 = overlay_address(admin, h1.host_id, "a")
+        b2 = overlay_address(admin, h2.host_id, "b")
+        assert a1 and b2
+        workspace = admin.GetWorkspace(admin_pb2.GetWorkspaceRequest(name="a"))
+        assert workspace.overlay_cidr and a1.startswith(workspace.overlay_cidr.split(".")[0])
+
+        # a's namespaces on h2 and h3 reach a's address on h1 through the tunnels.
+        reached = udp_reachability(h1.workspace_netns("a"), a1, {h2.workspace_netns("a"): "h2",
+                                                                  h3.workspace_netns("a"): "h3"}, timeout=40)
+        assert set(reached) == {"h2", "h3"}
+        # b cannot reach a: from b's namespace on h2 nothing arrives at a's address on h1.
+        with socket_in_netns(h1.workspace_netns("a"), socket.AF_INET, socket.SOCK_DGRAM) as server, \
+                socket_in_netns(h2.workspace_netns("b"), socket.AF_INET, socket.SOCK_DGRAM) as client:
+            server.bind(("0.0.0.0", 7788))
+            server.settimeout(1.0)
+            with contextlib.suppress(OSError):  # no route: as good as dropped
+                client.sendto(b"from b", (a1, 7788))
+            with pytest.raises(TimeoutError):
+                server.recvfrom(100)
+
+        # No private key anywhere the controller keeps things, nor in what it serves.
+        served = b"".join(admin.GetHost(admin_pb2.GetHostRequest(id=h.host_id)).SerializeToString()
+                          for h in bed.hosts)
+        private = bed.private_keys()
+        assert len(private) >= 5
+        assert wgkeys.find_key_material_in_bytes(served, private, "GetHost") == []
+        assert bed.find_key_leaks() == []
