@@ -58,9 +58,11 @@ def test_workspaces_get_encrypted_overlays_through_the_real_controller(bed: Netn
                 spec = pb.GprSpec(workspace=ws, shape=pb.GpuShape(count=1), priority_tier=pb.PRIORITY_TIER_LOW,
                                   priority=1, placement=pb.PlacementSpec(policy=pb.PLACEMENT_POLICY_PINNED, site=site))
                 gprs.append(provision.SubmitGpr(provision_pb2.SubmitGprRequest(spec=spec)).id)
-        for gpr_id in gprs:
-            wait_for(lambda gpr_id=gpr_id: provision.GetGpr(provision_pb2.GetGprRequest(id=gpr_id)).state
-                     == pb.GPR_STATE_RUNNING, 30, f"{gpr_id} running")
+        def all_running() -> bool:
+            return all(provision.GetGpr(provision_pb2.GetGprRequest(id=g)).state == pb.GPR_STATE_RUNNING
+                       for g in gprs)
+
+        wait_for(all_running, 30, "every GPR running")
 
         def planned() -> bool:
             # Every member has the others as peers (their keys and ports reported and planned).
