@@ -306,6 +306,9 @@ def host_view(host: types_pb2.Host, now: float) -> RenderableType:
             ("DPU", _yes_no(inv.has_dpu)),
             ("GPUs", show_gpus(inv)),
             ("Allocations", ", ".join(host.allocation_ids)),
+            ("Overlays", "; ".join(
+                f"{i.workspace} {i.addresses[0] if i.addresses else '(no address)'} via {i.name}, "
+                f"{len([p for p in i.peers if p.allowed_ips])} peers" for i in host.overlay)),
             ("Revision", str(host.revision)),
         ]
     )

@@ -154,9 +154,13 @@ class OverlayRunner:
 class NetnsTestbed:
     """``hosts`` hosts on an underlay. Use as a context manager; see the module docstring."""
 
-    def __init__(self, root: Path, hosts: int = 3, log_format: str = "json", bed_id: str | None = None) -> None:
+    def __init__(self, root: Path, hosts: int = 3, log_format: str = "json", bed_id: str | None = None,
+                 host_ids: Sequence[str] = ()) -> None:
+        """``host_ids`` names the hosts (default ``<bed id>-h<N>``); namespaces are ``<bed id>-h<N>`` either way."""
         if hosts < 1 or hosts > 250:
             raise ValueError(f"hosts: {hosts}; allowed 1 to 250")
+        if host_ids and len(host_ids) != hosts:
+            raise ValueError(f"host_ids: {len(host_ids)} names for {hosts} hosts")
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.id = bed_id or f"gm{secrets.token_hex(2)}"
@@ -166,8 +170,9 @@ class NetnsTestbed:
         self.subnet = self._pick_subnet()
         addrs = list(self.subnet.hosts())
         self.root_address = str(addrs[0])
-        self.hosts = [NetnsHost(host_id=f"{self.id}-h{i}", netns=f"{self.id}-h{i}", underlay_address=str(addrs[i]),
-                                state_dir=self.root / f"h{i}") for i in range(1, hosts + 1)]
+        self.hosts = [NetnsHost(host_id=host_ids[i - 1] if host_ids else f"{self.id}-h{i}", netns=f"{self.id}-h{i}",
+                                underlay_address=str(addrs[i]), state_dir=self.root / f"h{i}")
+                      for i in range(1, hosts + 1)]
         self.root_link = f"{self.id}r"
         self._root_connected = False
         self.procs: list[Proc] = []
