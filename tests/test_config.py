@@ -211,8 +211,8 @@ def test_agent_unknown_key_is_named_with_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(agent_config.ConfigError) as e:
         agent_config.load_config(path, env={})
     assert str(e.value) == (f"{path}: [agent] hw_backnd is not a setting; known: controller, host_file, "
-                            "host_id, hw_backend, log_format, log_level, netns_prefix, overlay_backend, site, "
-                            "state_dir, telemetry_hz, "
+                            "host_id, hw_backend, log_format, log_level, netns_prefix, overlay_backend, "
+                            "overlay_key_rotation_s, site, state_dir, telemetry_hz, "
                             "underlay_address")
 
 

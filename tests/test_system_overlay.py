@@ -101,3 +101,36 @@ def test_workspaces_get_encrypted_overlays_through_the_real_controller(bed: Netn
         assert len(private) >= 5
         assert wgkeys.find_key_material_in_bytes(served, private, "GetHost") == []
         assert bed.find_key_leaks() == []
+
+
+def test_agents_rotate_keys_and_the_overlay_keeps_working(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRIDMESH_STATUS_INTERVAL_S", "1")  # agents report (and check key age) every second
+    with NetnsTestbed(tmp_path / "bed", hosts=2) as bed, grpc.insecure_channel(bed.start_controller()) as channel:
+        h1, h2 = bed.hosts
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        provision = provision_pb2_grpc.ProvisionServiceStub(channel)
+        admin.CreateSite(admin_pb2.CreateSiteRequest(site=pb.Site(name="s1", tier=pb.SITE_TIER_CORE, region="eu")))
+        admin.CreateWorkspace(admin_pb2.CreateWorkspaceRequest(workspace=pb.Workspace(name="a")))
+        bed.start_agent(h1.host_id, "s1", [{"model": "L4", "count": 1}], ["--overlay-key-rotation-s", "3"])
+        bed.start_agent(h2.host_id, "s1", [{"model": "L4", "count": 1}])
+        wait_for(lambda: len([h for h in admin.ListHosts(admin_pb2.ListHostsRequest()).hosts if h.connected]) == 2,
+                 30, "both hosts connected")
+        spec = pb.GprSpec(workspace="a", shape=pb.GpuShape(count=1), priority_tier=pb.PRIORITY_TIER_LOW,
+                          priority=1, replicas=2)
+        provision.SubmitGpr(provision_pb2.SubmitGprRequest(spec=spec))
+
+        def h1_key_at_h2() -> str:
+            peers = [p for i in admin.GetHost(admin_pb2.GetHostRequest(id=h2.host_id)).overlay for p in i.peers
+                     if p.allowed_ips]
+            return str(peers[0].public_key) if peers else ""
+
+        first = wait_for(h1_key_at_h2, 40, "h2 to have h1 as a peer")
+        a1 = wait_for(lambda: overlay_address(admin, h1.host_id, "a"), 10, "h1's address in a")
+        udp_reachability(h1.workspace_netns("a"), a1, {h2.workspace_netns("a"): "h2"}, timeout=30)
+        # h1's key is older than 3 s: it publishes a next key, h2 stages it, the controller switches.
+        second = wait_for(lambda: (k := h1_key_at_h2()) != first and k, 40, "h1's key to be rotated")
+        assert second != first
+        reached = udp_reachability(h1.workspace_netns("a"), a1, {h2.workspace_netns("a"): "h2"}, port=7778,
+                                   timeout=30)
+        assert "h2" in reached
+        assert bed.find_key_leaks() == []

@@ -13,6 +13,7 @@
     telemetry_hz = 1.0                  # GPU telemetry samples per second; 0 turns sampling off
     overlay_backend = "auto"            # workspace overlays: auto, kernel, userspace (wireguard-go) or off
     netns_prefix = "gmws-"              # workspace network namespaces are named <prefix><workspace>
+    overlay_key_rotation_s = 86400      # rotate each workspace's WireGuard key this often (0: never)
 
 Environment: GRIDMESH_ and the key in capitals (GRIDMESH_CONTROLLER, GRIDMESH_SITE, ...).
 """
@@ -48,6 +49,7 @@ class AgentConfig:
     telemetry_hz: float = 1.0  # GPU telemetry samples per second; 0 turns sampling off
     overlay_backend: str = "auto"  # WireGuard: auto, kernel, userspace (wireguard-go) or off
     netns_prefix: str = "gmws-"  # workspace namespaces are <prefix><workspace>
+    overlay_key_rotation_s: float = 0.0  # rotate each workspace key this often; 0: never
 
 
 def load_config(path: Path | None, env: Mapping[str, str] | None = None, **flags: Any) -> AgentConfig:
@@ -66,6 +68,8 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None, **flags
         raise ConfigError(f"hw_backend {cfg.hw_backend!r}; allowed {', '.join(BACKEND_KINDS)}")
     if cfg.overlay_backend not in OVERLAY_BACKENDS:
         raise ConfigError(f"overlay_backend {cfg.overlay_backend!r}; allowed {', '.join(OVERLAY_BACKENDS)}")
+    if cfg.overlay_key_rotation_s < 0:
+        raise ConfigError(f"overlay_key_rotation_s {cfg.overlay_key_rotation_s:g}; must be 0 (never) or more")
     if not 0 <= cfg.telemetry_hz <= MAX_RATE_HZ:
         raise ConfigError(f"telemetry_hz {cfg.telemetry_hz:g}; allowed 0 (off) to {MAX_RATE_HZ:g}")
     if cfg.log_format not in ("json", "text"):

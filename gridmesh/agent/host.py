@@ -79,13 +79,15 @@ def _targets(a: AllocationSpec, mig_uuids: dict[str, str]) -> list[HealthTarget]
 
 class HostAgent:
     def __init__(self, host_id: HostId, backend: GpuBackend, state: LocalState,
-                 overlay: OverlayReconciler | None = None) -> None:
+                 overlay: OverlayReconciler | None = None, key_rotation_s: float = 0.0) -> None:
         self.host_id = host_id
         self.backend = backend
         self.state = state
         self.overlay = overlay
         self.overlay_status: OverlayStatus | None = None
         self._overlay_refused = False
+        self.key_rotation_s = key_rotation_s
+        self._key_since: dict[str, float] = {}  # workspace -> when its current key came into use (monotonic)
         self.health = HealthMonitor(backend)
         self.desired = state.load_desired(host_id)
         self.applied = state.load_applied()
@@ -188,8 +190,23 @@ class HostAgent:
             return
         try:
             self.overlay_status = self.overlay.reconcile(OverlaySpec(self.host_id, self.desired.overlay))
+            self._rotate_due_keys()
         except (DataplaneError, OSError) as e:
             self.report_error("OverlayFailed", f"cannot reconcile the workspace overlays: {e}")
+
+    def _rotate_due_keys(self) -> None:
+        """Publishes a next key for each workspace whose key is older than ``key_rotation_s``. The switch
+        is the controller's to order, once every peer has the new key staged, so no tunnel drops."""
+        if not self.key_rotation_s or self.overlay is None or self.overlay_status is None:
+            return
+        now = time.monotonic()
+        for i in self.overlay_status.interfaces:
+            if not i.public_key:
+                continue
+            since = self._key_since.setdefault(f"{i.workspace}/{i.public_key}", now)
+            if not i.next_public_key and now - since >= self.key_rotation_s:
+                log.info("key rotation", extra={"workspace": i.workspace, "interface": i.interface})
+                self.overlay.begin_rotation(i.workspace)
 
     def _release(self, allocation_id: str, mig_uuids: dict[str, str]) -> None:
         """An allocation left this host: verify its devices clean before anyone else gets them."""

@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--telemetry-hz", type=float, help="GPU telemetry samples per second (0: off)")
     p.add_argument("--overlay-backend", choices=list(OVERLAY_BACKENDS), help="workspace overlays (off: none)")
     p.add_argument("--netns-prefix", help="workspace network namespaces are <prefix><workspace>")
+    p.add_argument("--overlay-key-rotation-s", type=float, help="rotate workspace keys this often (0: never)")
     p.add_argument("--host-file", type=Path, help="simulated host description (TOML)")
     p.add_argument("--underlay-address")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -48,7 +49,8 @@ async def run(cfg: AgentConfig) -> None:
     backend = open_backend(cfg.hw_backend, cfg.host_file)
     # pyroute2's synchronous API refuses to run inside a running event loop: open it off the loop.
     overlay, overlay_problem = await asyncio.to_thread(open_overlay, cfg)
-    agent = HostAgent(HostId(cfg.host_id), backend, LocalState(cfg.state_dir), overlay)
+    agent = HostAgent(HostId(cfg.host_id), backend, LocalState(cfg.state_dir), overlay,
+                      key_rotation_s=cfg.overlay_key_rotation_s)
     if overlay_problem:
         agent.report_error("OverlayUnavailable", overlay_problem)
     agent.enforce_persisted()
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
                           state_dir=args.state_dir, hw_backend=args.hw_backend, host_file=args.host_file,
                           underlay_address=args.underlay_address, log_level=args.log_level,
                           log_format=args.log_format, telemetry_hz=args.telemetry_hz,
-                          overlay_backend=args.overlay_backend, netns_prefix=args.netns_prefix)
+                          overlay_backend=args.overlay_backend, netns_prefix=args.netns_prefix,
+                          overlay_key_rotation_s=args.overlay_key_rotation_s)
     except ConfigError as e:
         print(f"gridmesh-agent: {e}", file=sys.stderr)
         sys.exit(2)
