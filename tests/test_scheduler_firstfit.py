@@ -1,5 +1,8 @@
-"""First-fit placement: one table row per hard constraint (the host is excluded and ``explain`` counts it
-under that constraint), then properties over random small grids that no plan may break.
+"""First-fit placement, the naive baseline the placement engine replaced (and is benchmarked against):
+one table row per hard constraint (the host is excluded and ``explain`` counts it under that
+constraint), then properties over random small grids that no plan may break. The engine's own tests
+are the other ``test_scheduler_*`` files; the same constraint table runs against it in
+``test_scheduler_constraints.py``.
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ from gridmesh.controller.model import (
     Site,
     Workspace,
 )
-from gridmesh.controller.scheduler import Exclusion, Placement, Plan, Snapshot, explain, plan
-from gridmesh.controller.scheduler.firstfit import CONSTRAINTS, allowed_regions, host_exclusion
+from gridmesh.controller.scheduler import Exclusion, Placement, Plan, Snapshot
+from gridmesh.controller.scheduler.firstfit import CONSTRAINTS, allowed_regions, explain, host_exclusion, plan
 
 T = TypeVar("T")
 
@@ -536,7 +539,9 @@ def test_the_property_generators_cover_the_cases_they_claim() -> None:
                 seen[x.constraint] += 1
 
     survey()
+    # First-fit never gets as far as a MIG profile (it keeps MIG requests pending), so "mig_profile" is
+    # covered by the engine's tests instead.
     missing = [k for k in ("placed", "several placed", "multi-replica placed", "unplaced", "quota", *CONSTRAINTS)
-               if not seen[k]]
+               if not seen[k] and k != "mig_profile"]
     assert not missing, (missing, seen)
 

@@ -1,87 +1,29 @@
-"""First-fit placement: the simplest placement that keeps every hard constraint.
+"""First-fit placement: the naive baseline the placement engine is measured against.
 
-Order of service: priority tier, then the number inside the tier, then submission time. Each GPR is
-placed whole (all replicas) or not at all, each replica on the first host (by site tier, then host
-id) with enough free whole GPUs that match its shape. The placement engine replaces this module;
-the constraint checks (``host_exclusion``) are what it must keep.
-
-Not handled here yet, and so left pending with that reason: MIG profiles and fractions (they need
-the MIG-aware packer), preemption and capacity chasing.
+Order of service: priority tier, then the number inside it, then submission time. Each GPR is placed
+whole (all replicas) or not at all, each replica on the first host (by preferred site, tier, then host
+id) with enough free whole GPUs that match its shape; every host is looked at for every request. It
+neither preempts, nor moves, nor places MIG profiles or fractions (they stay pending with that reason).
+The hard constraints are the engine's (``constraints``), re-exported here for older callers.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 
-from gridmesh.common.model import GprId, GprState, GpuHealth, GpuInfo, GpuUuid, HostId, PlacementPolicy
-from gridmesh.controller.model import Gpr, GpuShape, Host, Site, Workspace
+from gridmesh.common.model import GprId, GprState, GpuInfo, GpuUuid, HostId
+from gridmesh.controller.model import Gpr, Host
+from gridmesh.controller.scheduler.constraints import (
+    CONSTRAINTS,
+    allowed_regions,
+    gpu_exclusion,
+    host_exclusion,
+    service_order,
+)
 from gridmesh.controller.scheduler.types import Exclusion, Explanation, Placement, Plan, Snapshot
 from gridmesh.hw.catalog import fold_model_name
 
-# Constraints in the order they are checked; the first that excludes a host is the one reported.
-CONSTRAINTS = ("host_state", "region", "site", "tier", "gpu_model", "gpu_memory", "compute_capability",
-               "gpu_health", "gpu_count")
-
-
-def _cc(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in text.split(".")) if text else ()
-
-
-def service_order(gpr: Gpr) -> tuple[int, int, float, str]:
-    """Higher tier first, then the higher number inside it, then the longest waiting."""
-    return (-int(gpr.spec.priority_tier), -gpr.spec.priority, gpr.created_at, gpr.id)
-
-
-def allowed_regions(gpr: Gpr, workspace: Workspace | None) -> frozenset[str] | None:
-    """The regions a GPR may run in: its own list narrowed by its workspace's; None means any."""
-    sets = [set(r) for r in (gpr.spec.placement.allowed_regions, workspace.allowed_regions if workspace else ())
-            if r]
-    if not sets:
-        return None
-    return frozenset(set.intersection(*sets))
-
-
-def _gpu_matches(gpu: GpuInfo, shape: GpuShape) -> str | None:
-    """The constraint a single GPU fails for a whole-GPU request, or None."""
-    # NVML says "NVIDIA H100 80GB HBM3" or "Tesla T4"; requests say "H100 80GB HBM3" and "T4".
-    if shape.models and fold_model_name(gpu.model) not in {fold_model_name(m) for m in shape.models}:
-        return "gpu_model"
-    if gpu.memory_mib < shape.min_memory_mib:
-        return "gpu_memory"
-    if shape.min_compute_capability and _cc(gpu.compute_capability) < _cc(shape.min_compute_capability):
-        return "compute_capability"
-    if gpu.mig_enabled or gpu.health is not GpuHealth.HEALTHY:
-        return "gpu_health"
-    return None
-
-
-def host_exclusion(
-    host: Host, site: Site | None, gpr: Gpr, regions: frozenset[str] | None, used: Iterable[GpuUuid]
-) -> str | None:
-    """The first constraint in CONSTRAINTS that keeps ``gpr`` off ``host``, or None if it fits."""
-    if not host.schedulable or site is None:
-        return "host_state"
-    if regions is not None and site.region not in regions:
-        return "region"
-    placement = gpr.spec.placement
-    pinned = placement.policy is PlacementPolicy.PINNED
-    if placement.site is not None and pinned and host.site != placement.site:
-        return "site"
-    if placement.tier is not None and pinned and site.tier is not placement.tier:
-        return "tier"
-    shape = gpr.spec.shape
-    failures = [_gpu_matches(g, shape) for g in host.inventory.gpus]
-    if not any(f is None for f in failures):
-        # Report the most specific reason: how far the best GPU on the host got through the checks.
-        if not failures:
-            return "gpu_model"
-        return max(failures, key=lambda f: CONSTRAINTS.index(f or "gpu_count"))
-    used_set = set(used)
-    free = [g for g, f in zip(host.inventory.gpus, failures, strict=True) if f is None and g.uuid not in used_set]
-    if len(free) < shape.count:
-        return "gpu_count"
-    return None
+__all__ = ["CONSTRAINTS", "allowed_regions", "explain", "host_exclusion", "plan", "service_order"]
 
 
 def _unsupported(gpr: Gpr) -> str | None:
@@ -139,8 +81,12 @@ def plan(snapshot: Snapshot) -> Plan:
                 site = snapshot.sites.get(host.site)
                 if host_exclusion(host, site, gpr, regions, in_use) is not None:
                     continue
-                gpus = [g for g in host.inventory.gpus if _gpu_matches(g, shape) is None and g.uuid not in in_use]
-                gpus = gpus[: shape.count]
+                fitting = [g for g in host.inventory.gpus if gpu_exclusion(g, shape) is None and g.uuid not in in_use]
+                # One kind of GPU per replica (constraints): the first kind with enough of them.
+                kinds: dict[tuple[str, int, str], list[GpuInfo]] = {}
+                for g in fitting:
+                    kinds.setdefault((fold_model_name(g.model), g.memory_mib, g.compute_capability), []).append(g)
+                gpus = next(v for v in kinds.values() if len(v) >= shape.count)[: shape.count]
                 taken[host.id].update(g.uuid for g in gpus)
                 chosen.append(Placement(gpr.id, replica, host.id, host.site,
                                         tuple(g.index for g in gpus), tuple(g.uuid for g in gpus)))
@@ -178,6 +124,7 @@ def explain(snapshot: Snapshot, gpr: Gpr) -> Explanation:
         "gpu_model": f"no GPU of the models {list(gpr.spec.shape.models)}",
         "gpu_memory": f"no GPU with {gpr.spec.shape.min_memory_mib} MiB or more",
         "compute_capability": f"no GPU of compute capability {gpr.spec.shape.min_compute_capability} or more",
+        "mig_profile": "no MIG profile of that shape on the GPU model",
         "gpu_health": "matching GPUs are in MIG mode, unclean or unhealthy",
         "gpu_count": f"fewer than {gpr.spec.shape.count} matching GPUs free",
     }
