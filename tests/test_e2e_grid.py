@@ -198,3 +198,22 @@ def test_watch_replays_from_a_revision_or_starts_now(grid: LocalGrid, clients: C
     assert (event.event.subject, event.event.reason) == (second.id, "Submitted")
     assert event.revision > first.revision
     live.cancel()
+
+
+def test_mig_requests_run_on_exact_mig_devices(grid: LocalGrid, clients: Clients) -> None:
+    c = clients
+    create_site(c, "lab", pb.SITE_TIER_CORE, "eu")
+    c.admin.CreateWorkspace(admin_pb2.CreateWorkspaceRequest(workspace=pb.Workspace(name="ml")))
+    grid.start_agent("mig-host", "lab", [{"model": "H100 80GB HBM3", "count": 1, "mig_enabled": True}])
+    wait_for(lambda: converged(c, "mig-host"), what="mig-host connected")
+    big = submit(c, "ml", count=1, mig_profile="3g.40gb")
+    small = [submit(c, "ml", count=1, fraction=0.1) for _ in range(3)]
+    for g in (big, *small):
+        running = wait_running(c, g.id)
+        (alloc,) = running.allocations
+        assert alloc.host_id == "mig-host" and len(alloc.device_uuids) == 1
+        assert alloc.device_uuids[0].startswith("MIG-")
+    layout = sorted((i.profile, i.start) for i in host(c, "mig-host").inventory.gpus[0].mig_instances)
+    # The smallest profile that holds a tenth of the GPU is 1g.10gb; the 3g.40gb leaves room for more.
+    assert [p for p, _ in layout].count("1g.10gb") == 3 and ("3g.40gb" in [p for p, _ in layout])
+    assert len({s for _, s in layout}) == len(layout)

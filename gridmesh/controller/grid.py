@@ -14,10 +14,10 @@ Rules:
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TypeVar
 
@@ -48,15 +48,39 @@ from gridmesh.controller.model import (
     Workspace,
 )
 from gridmesh.controller.overlay import OverlayHost, plan_overlay, reports_from_status
-from gridmesh.controller.scheduler import Placement, Plan, Snapshot
-from gridmesh.controller.scheduler.firstfit import allowed_regions, host_exclusion
+from gridmesh.controller.scheduler import Placement, Plan, Snapshot, violations
+from gridmesh.controller.scheduler.mig import table_for
+from gridmesh.controller.scheduler.types import MigSlot
 from gridmesh.controller.store import Store, Tx
 from gridmesh.dataplane.model import OverlayInterfaceStatus, OverlayStatus
 
 S = GprState
+log = logging.getLogger("gridmesh.controller.grid")
 # GPRs the scheduler should look at: waiting ones, and held ones short of replicas (scaled up, drained).
 NEEDS_PLACEMENT = frozenset({S.PENDING, S.RUNNING, S.PROVISIONING, S.MIGRATING})
 T = TypeVar("T")
+
+
+def groupby_gpr(placements: Iterable[Placement]) -> list[tuple[GprId, list[Placement]]]:
+    groups: dict[GprId, list[Placement]] = {}
+    for p in placements:
+        groups.setdefault(p.gpr_id, []).append(p)
+    return list(groups.items())
+
+
+def mig_slots_of(a: Allocation, host: Host | None) -> tuple[MigSlot, ...]:
+    """The MIG instance slots an allocation holds, as committed (profile and start on each GPU)."""
+    if not a.mig_profile or host is None or len(a.mig_starts) != len(a.gpu_uuids):
+        return ()
+    slots = []
+    for index, uuid, start in zip(a.gpu_indexes, a.gpu_uuids, a.mig_starts, strict=True):
+        gpu = next((g for g in host.inventory.gpus if g.uuid == uuid), None)
+        table = table_for(gpu.model) if gpu else None
+        profile = table.profile(a.mig_profile) if table else None
+        if profile is None:
+            return ()
+        slots.append(MigSlot(uuid, index, profile.name, start, profile.size, profile.compute_slices))
+    return tuple(slots)
 
 
 def _new_id(prefix: str) -> str:
@@ -222,60 +246,63 @@ class Grid:
             held[a.gpr_id] = held.get(a.gpr_id, 0) + 1
         pending = tuple(g for g in store.all(Gpr) if g.state in NEEDS_PLACEMENT
                         and held.get(g.id, 0) < g.spec.replicas)
+        hosts = {h.id: h for h in store.all(Host)}
         return Snapshot(
             revision=store.revision,
             now=self.clock(),
             sites={s.name: s for s in store.all(Site)},
-            hosts=tuple(sorted((h.as_scheduled() for h in store.all(Host)), key=lambda h: h.id)),
+            hosts=tuple(sorted((h.as_scheduled() for h in hosts.values()), key=lambda h: h.id)),
             workspaces={w.name: w for w in store.all(Workspace)},
             allocations=allocations,
             pending=pending,
+            allocation_mig={a.id: slots for a in allocations if (slots := mig_slots_of(a, hosts.get(a.host_id)))},
+            unclean_gpus=frozenset(u for h in hosts.values() for u, _ in h.released_gpus),
         )
 
     def apply_plan(self, plan: Plan) -> int:
-        """Commits the placements of ``plan`` that still fit the current state; returns how many.
+        """Commits the placements of ``plan`` that still hold against the current state; returns how many.
 
-        A GPR is committed whole or not at all: if any of its placements no longer fits (the host
-        went away, a GPU was taken, the GPR was cancelled), none of them is, and the next round
-        re-plans it from fresh state.
+        Each GPR's placements are re-verified (``scheduler.violations``: every hard constraint, device,
+        MIG slot and quota) on top of those already accepted, and committed whole or not at all; what
+        no longer fits is re-planned next round from fresh state (Nomad's plan-apply). Evictions,
+        migrations and reservations are not committed yet, so placements that depend on them are not
+        either: such GPRs stay pending, and ``explain`` says preemption could make room.
         """
         store = self.store
-        by_gpr: dict[GprId, list[int]] = {}
-        for i, p in enumerate(plan.placements):
-            by_gpr.setdefault(p.gpr_id, []).append(i)
+        snapshot = self.snapshot()
+        by_gpr: dict[GprId, list[Placement]] = {}
+        for p in plan.placements:
+            if not p.reservation and p.after_eviction is None:
+                by_gpr.setdefault(p.gpr_id, []).append(p)
+        accepted: list[Placement] = []
+        for gpr_id, placements in by_gpr.items():
+            gpr = store.gpr(gpr_id)
+            if gpr is None or gpr.state not in NEEDS_PLACEMENT:
+                continue
+            problems = violations(snapshot, Plan(placements=(*accepted, *placements)))
+            if problems:
+                log.info("placement no longer fits", extra={"gpr": gpr_id, "problems": problems[:3]})
+                continue
+            accepted += placements
         now = self.clock()
-        committed = 0
         with store.write() as tx:
-            used: dict[HostId, set[str]] = {}
-            workspace_gpus: Counter[str] = Counter()
-            for a in store.all(Allocation):
-                used.setdefault(a.host_id, set()).update(a.gpu_uuids)
-                workspace_gpus[a.workspace] += len(a.gpu_uuids)
-            for gpr_id, indexes in by_gpr.items():
-                gpr = store.gpr(gpr_id)
-                if gpr is None or gpr.state not in NEEDS_PLACEMENT:
-                    continue
-                have = {a.replica for a in store.allocations_of_gpr(gpr_id)}
-                placements = [plan.placements[i] for i in indexes]
-                if not self._still_fits(gpr, placements, have, used, workspace_gpus):
-                    continue
+            for gpr_id, placements in groupby_gpr(accepted):
+                gpr = self._must(store.gpr(gpr_id), "GPR", gpr_id)
                 for p in placements:
                     host = self._must(tx.get(Host, p.host_id), "host", p.host_id)
                     tx.put(Allocation(id=AllocationId(_new_id("alloc")), gpr_id=gpr.id, workspace=gpr.spec.workspace,
                                       replica=p.replica, host_id=p.host_id, site=p.site, gpu_indexes=p.gpu_indexes,
-                                      gpu_uuids=p.gpu_uuids, created_at=now))
+                                      gpu_uuids=p.gpu_uuids, created_at=now, mig_profile=p.mig_profile,
+                                      mig_starts=tuple(s.start for s in p.mig_slots)))
                     tx.put(replace(host, desired_revision=tx.revision))
-                    used.setdefault(p.host_id, set()).update(p.gpu_uuids)
-                    workspace_gpus[gpr.spec.workspace] += len(p.gpu_uuids)
-                hosts = ", ".join(f"{p.host_id} gpus {list(p.gpu_indexes)}" for p in placements)
+                hosts = ", ".join(str(p).split(" on ", 1)[1] for p in placements)
                 if gpr.state is S.PENDING:
                     lifecycle.transition(tx, gpr, S.PLACED, "Placed", f"placed on {hosts}", now)
                 elif gpr.state is S.PROVISIONING:  # already on its way: the new replicas join it
                     tx.event(self._event("gpr.replicas", gpr.id, "ReplicasPlaced", f"replicas placed on {hosts}"))
                 else:  # RUNNING (scaled up) or MIGRATING (drained): provisioning again until all run
                     lifecycle.transition(tx, gpr, S.PROVISIONING, "ReplicasPlaced", f"replicas placed on {hosts}", now)
-                committed += len(placements)
-        return committed
+        return len(accepted)
 
     def note_unplaced(self, unplaced: Iterable[tuple[GprId, str]]) -> None:
         """Records why pending GPRs stay pending, once per change of reason (not every round)."""
@@ -319,26 +346,6 @@ class Grid:
             for problem in plan.problems:
                 tx.event(self._event("overlay.problem", "overlay", "OverlayProblem", problem))
         return len(changed)
-
-    def _still_fits(self, gpr: Gpr, placements: Sequence[Placement], have: set[int],
-                    used: dict[HostId, set[str]], workspace_gpus: Counter[str]) -> bool:
-        workspace = self.store.workspace(gpr.spec.workspace)
-        limit = workspace.quota.max_gpus if workspace else 0
-        if limit and workspace_gpus[gpr.spec.workspace] + sum(len(p.gpu_uuids) for p in placements) > limit:
-            return False
-        regions = allowed_regions(gpr, workspace)
-        taken: set[str] = set()
-        for p in placements:
-            host = self.store.host(p.host_id)
-            if host is None or p.replica in have or p.replica >= gpr.spec.replicas:
-                return False
-            in_use = used.get(host.id, set()) | taken
-            if in_use & set(p.gpu_uuids):
-                return False
-            if host_exclusion(host.as_scheduled(), self.store.site(host.site), gpr, regions, []) is not None:
-                return False
-            taken.update(p.gpu_uuids)
-        return True
 
     # -- hosts and their sessions -----------------------------------------------------------------
 

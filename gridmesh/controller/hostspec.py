@@ -22,5 +22,6 @@ def build_host_spec(host: Host, allocations: Iterable[Allocation], gprs: Mapping
             gpu_uuids=a.gpu_uuids,
             mig_profile=a.mig_profile,
             workload=gpr.spec.workload if gpr else Workload(),
+            mig_starts=a.mig_starts,
         ))
     return HostSpec(host_id=host.id, revision=host.desired_revision, allocations=tuple(specs), overlay=host.overlay)

@@ -177,6 +177,7 @@ class Allocation:
     gpu_uuids: tuple[GpuUuid, ...]
     created_at: float
     mig_profile: str = ""
+    mig_starts: tuple[int, ...] = ()  # the MIG instance's memory-slice start on each GPU
     device_uuids: tuple[str, ...] = ()
     state: AllocationState = AllocationState.PENDING
     state_reason: str = ""

@@ -286,6 +286,7 @@ def allocation_to_proto(a: Allocation) -> pb.Allocation:
     return pb.Allocation(
         id=a.id, gpr_id=a.gpr_id, workspace=a.workspace, replica=a.replica, host_id=a.host_id, site=a.site,
         gpu_indexes=list(a.gpu_indexes), device_uuids=list(a.device_uuids or a.gpu_uuids), mig_profile=a.mig_profile,
+        mig_starts=list(a.mig_starts),
         state=int(a.state or AllocationState.PENDING),  # type: ignore[arg-type]
         state_reason=a.state_reason, revision=a.revision, created_at=timestamp(a.created_at),
     )
