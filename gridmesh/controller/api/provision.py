@@ -16,6 +16,7 @@ from gridmesh.controller.api.paging import page
 from gridmesh.controller.errors import InvalidArgument
 from gridmesh.controller.grid import Grid
 from gridmesh.controller.model import Gpr
+from gridmesh.controller.scheduler.types import Alternative
 from gridmesh.v1 import provision_pb2 as ppb
 from gridmesh.v1 import provision_pb2_grpc
 from gridmesh.v1 import types_pb2 as pb
@@ -93,6 +94,7 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
                                                 detail=e.detail) for e in ex.exclusions],
             queue_position=ex.queue_position if gpr.state is GprState.PENDING else 0,
             preemption_possible=ex.preemption_possible, preemption_detail=ex.preemption_detail,
+            alternatives=[_alternative(a) for a in ex.alternatives],
         )
 
     @unary
@@ -106,3 +108,12 @@ class ProvisionServicer(provision_pb2_grpc.ProvisionServiceServicer):
             raise InvalidArgument("extend_by", "is required")
         seconds = convert.duration_from_proto("extend_by", request.extend_by)
         return self._gpr(self.grid.extend_gpr(self._id("id", request.id), seconds))
+
+
+def _alternative(a: Alternative) -> ppb.Alternative:
+    m = ppb.Alternative(kind=a.kind, description=a.description, site=a.site or "",
+                        tier=int(a.tier or 0),  # type: ignore[arg-type]
+                        mig_profile=a.mig_profile, gpu_model=a.gpu_model)
+    if a.estimated_wait_s is not None:
+        m.estimated_wait.FromNanoseconds(round(a.estimated_wait_s * 1e9))
+    return m
