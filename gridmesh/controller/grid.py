@@ -48,9 +48,10 @@ from gridmesh.controller.model import (
     Workspace,
 )
 from gridmesh.controller.overlay import OverlayHost, plan_overlay, reports_from_status
+from gridmesh.controller.records import ReservationRecord, reservation_id
 from gridmesh.controller.scheduler import Placement, Plan, Snapshot, violations
 from gridmesh.controller.scheduler.mig import table_for
-from gridmesh.controller.scheduler.types import MigSlot
+from gridmesh.controller.scheduler.types import Eviction, MigSlot
 from gridmesh.controller.store import Store, Tx
 from gridmesh.dataplane.model import OverlayInterfaceStatus, OverlayStatus
 
@@ -194,6 +195,7 @@ class Grid:
             raise FailedPrecondition(f"GPR {gpr_id} is already {gpr.state.name}; nothing to cancel")
         with self.store.write() as tx:
             self._release(tx, self.store.allocations_of_gpr(gpr.id))
+            self._drop_reservations(tx, gpr.id)
             lifecycle.transition(tx, gpr, S.CANCELLED, "Cancelled", reason or "cancelled by a client", self.clock())
         return self.get_gpr(gpr_id)
 
@@ -205,6 +207,7 @@ class Grid:
         with self.store.write() as tx:
             tx.put(replace(gpr, spec=replace(gpr.spec, replicas=replicas), updated_at=self.clock()))
             self._release(tx, [a for a in self.store.allocations_of_gpr(gpr.id) if a.replica >= replicas])
+            self._drop_reservations(tx, gpr.id, from_replica=replicas)
             tx.event(self._event("gpr.scaled", gpr.id, "Scaled",
                                  f"replicas {gpr.spec.replicas} -> {replicas}"))
         return self.get_gpr(gpr_id)
@@ -232,6 +235,7 @@ class Grid:
             with self.store.write() as tx:
                 for gpr in due:
                     self._release(tx, self.store.allocations_of_gpr(gpr.id))
+                    self._drop_reservations(tx, gpr.id)
                     lifecycle.transition(tx, gpr, S.EXPIRED, "DurationElapsed",
                                          f"its duration of {gpr.spec.duration_s:g}s elapsed", now)
         return len(due)
@@ -241,9 +245,13 @@ class Grid:
     def snapshot(self) -> Snapshot:
         store = self.store
         allocations = tuple(store.all(Allocation))
+        reservations = tuple(r.reservation for r in store.all(ReservationRecord))
         held: dict[str, int] = {}
         for a in allocations:
             held[a.gpr_id] = held.get(a.gpr_id, 0) + 1
+        for r in reservations:
+            held[r.gpr_id] = held.get(r.gpr_id, 0) + 1
+        live = {g.id: g for g in store.all(Gpr) if not g.state.terminal}
         pending = tuple(g for g in store.all(Gpr) if g.state in NEEDS_PLACEMENT
                         and held.get(g.id, 0) < g.spec.replicas)
         hosts = {h.id: h for h in store.all(Host)}
@@ -257,26 +265,37 @@ class Grid:
             pending=pending,
             allocation_mig={a.id: slots for a in allocations if (slots := mig_slots_of(a, hosts.get(a.host_id)))},
             unclean_gpus=frozenset(u for h in hosts.values() for u, _ in h.released_gpus),
+            gprs=live,
+            reservations=reservations,
+            preempted_at={g.id: g.preempted_at for g in live.values() if g.preempted_at is not None},
         )
 
     def apply_plan(self, plan: Plan) -> int:
-        """Commits the placements of ``plan`` that still hold against the current state; returns how many.
+        """Commits what of ``plan`` still holds against the current state; returns how many placements.
 
-        Each GPR's placements are re-verified (``scheduler.violations``: every hard constraint, device,
-        MIG slot and quota) on top of those already accepted, and committed whole or not at all; what
-        no longer fits is re-planned next round from fresh state (Nomad's plan-apply). Evictions,
-        migrations and reservations are not committed yet, so placements that depend on them are not
-        either: such GPRs stay pending, and ``explain`` says preemption could make room.
+        Preemption first: if the plan's evictions, reservations and dropped reservations (with the
+        placements) pass ``scheduler.violations`` against the latest snapshot, they are committed
+        together. Otherwise, and for plain placements, each GPR's placements are re-verified on top
+        of those already accepted and committed whole or not at all; what no longer fits is re-planned
+        next round from fresh state (Nomad's plan-apply). Migrations are planned but not committed
+        yet (make-before-break moves need the workload runner), nor the reservations they would free.
         """
-        store = self.store
         snapshot = self.snapshot()
+        reservations = tuple(r for r in plan.reservations if r.cause != "migration")
+        if plan.evictions or reservations or plan.dropped_reservations:
+            whole = Plan(placements=plan.placements, evictions=plan.evictions, reservations=reservations,
+                         dropped_reservations=plan.dropped_reservations)
+            problems = violations(snapshot, whole)
+            if not problems:
+                return self._commit(whole)
+            log.info("preemption no longer fits; placing what still does", extra={"problems": problems[:3]})
         by_gpr: dict[GprId, list[Placement]] = {}
         for p in plan.placements:
-            if not p.reservation and p.after_eviction is None:
+            if p.after_eviction is None:
                 by_gpr.setdefault(p.gpr_id, []).append(p)
         accepted: list[Placement] = []
         for gpr_id, placements in by_gpr.items():
-            gpr = store.gpr(gpr_id)
+            gpr = self.store.gpr(gpr_id)
             if gpr is None or gpr.state not in NEEDS_PLACEMENT:
                 continue
             problems = violations(snapshot, Plan(placements=(*accepted, *placements)))
@@ -284,10 +303,42 @@ class Grid:
                 log.info("placement no longer fits", extra={"gpr": gpr_id, "problems": problems[:3]})
                 continue
             accepted += placements
+        return self._commit(Plan(placements=tuple(accepted)))
+
+    def _commit(self, plan: Plan) -> int:
+        """Writes a verified plan in one transaction, in the order its elements depend on each other."""
+        store = self.store
         now = self.clock()
         with store.write() as tx:
-            for gpr_id, placements in groupby_gpr(accepted):
-                gpr = self._must(store.gpr(gpr_id), "GPR", gpr_id)
+            for r, why in plan.dropped_reservations:
+                tx.delete(ReservationRecord, reservation_id(r))
+                tx.event(self._event("gpr.reservation", r.gpr_id, "ReservationDropped", why))
+            evicted: dict[GprId, list[Eviction]] = {}
+            for e in plan.evictions:
+                victim = tx.get(Allocation, e.allocation_id)
+                if victim is not None:
+                    self._release(tx, [victim])
+                    evicted.setdefault(e.gpr_id, []).append(e)
+            for gpr_id, evictions in evicted.items():
+                gpr = tx.get(Gpr, gpr_id)
+                if gpr is None or gpr.state.terminal:
+                    continue
+                why = f"{len(evictions)} replica(s) evicted for higher-priority work: {evictions[0].reason}"
+                if not [a for a in store.allocations_of_gpr(gpr_id) if tx.get(Allocation, a.id) is not None]:
+                    gpr = lifecycle.transition(tx, gpr, S.PREEMPTED, "Preempted", why, now)
+                    lifecycle.transition(tx, gpr, S.PENDING, "Requeued", "waiting to run again", now)
+                else:  # other replicas still run: the missing ones are placed again
+                    tx.event(self._event("gpr.preempted", gpr_id, "ReplicaPreempted", why))
+            for r in plan.reservations:
+                tx.put(ReservationRecord(reservation_id(r), r))
+                gpr = tx.get(Gpr, r.gpr_id)
+                if gpr is not None and r.cause == "preemption":
+                    tx.put(replace(gpr, preempted_at=now))
+                tx.event(self._event("gpr.reservation", r.gpr_id, "Reserved", str(r)))
+            for gpr_id, placements in groupby_gpr(plan.placements):
+                gpr = tx.get(Gpr, gpr_id)
+                if gpr is None or gpr.state not in NEEDS_PLACEMENT:
+                    continue
                 for p in placements:
                     host = self._must(tx.get(Host, p.host_id), "host", p.host_id)
                     tx.put(Allocation(id=AllocationId(_new_id("alloc")), gpr_id=gpr.id, workspace=gpr.spec.workspace,
@@ -295,6 +346,8 @@ class Grid:
                                       gpu_uuids=p.gpu_uuids, created_at=now, mig_profile=p.mig_profile,
                                       mig_starts=tuple(s.start for s in p.mig_slots)))
                     tx.put(replace(host, desired_revision=tx.revision))
+                    if p.reservation:
+                        tx.delete(ReservationRecord, f"{p.gpr_id}/{p.replica}")
                 hosts = ", ".join(str(p).split(" on ", 1)[1] for p in placements)
                 if gpr.state is S.PENDING:
                     lifecycle.transition(tx, gpr, S.PLACED, "Placed", f"placed on {hosts}", now)
@@ -302,7 +355,7 @@ class Grid:
                     tx.event(self._event("gpr.replicas", gpr.id, "ReplicasPlaced", f"replicas placed on {hosts}"))
                 else:  # RUNNING (scaled up) or MIGRATING (drained): provisioning again until all run
                     lifecycle.transition(tx, gpr, S.PROVISIONING, "ReplicasPlaced", f"replicas placed on {hosts}", now)
-        return len(accepted)
+        return len(plan.placements)
 
     def note_unplaced(self, unplaced: Iterable[tuple[GprId, str]]) -> None:
         """Records why pending GPRs stay pending, once per change of reason (not every round)."""
@@ -504,7 +557,13 @@ class Grid:
         if gpr is None or gpr.state.terminal:
             return
         self._release(tx, self.store.allocations_of_gpr(gpr_id))
+        self._drop_reservations(tx, gpr_id)
         lifecycle.transition(tx, gpr, S.FAILED, reason, message, now)
+
+    def _drop_reservations(self, tx: Tx, gpr_id: str, from_replica: int = 0) -> None:
+        for r in self.store.all(ReservationRecord):
+            if r.reservation.gpr_id == gpr_id and r.reservation.replica >= from_replica:
+                tx.delete(ReservationRecord, r.id)
 
     def _release(self, tx: Tx, allocations: Iterable[Allocation]) -> None:
         """Takes allocations away; their GPUs stay out of use until the host verifies them clean."""

@@ -160,6 +160,8 @@ class Gpr:
     running_since: float | None = None
     expires_at: float | None = None
     request_id: str = ""
+    # When it last got devices by preempting someone (it is not a victim itself for a while).
+    preempted_at: float | None = None
     revision: int = 0
 
 

@@ -24,9 +24,10 @@ from typing import Any, TypeVar
 from gridmesh.common.codec import decode, encode
 from gridmesh.common.model import AllocationId, Event, GprId, HostId, SiteName, WorkspaceName
 from gridmesh.controller.model import Allocation, BootstrapToken, Gpr, Host, OverlayRecord, Site, Workspace
+from gridmesh.controller.records import ReservationRecord
 
-StoredObject = Site | Host | Workspace | Gpr | Allocation | BootstrapToken | OverlayRecord
-T = TypeVar("T", Site, Host, Workspace, Gpr, Allocation, BootstrapToken, OverlayRecord)
+StoredObject = Site | Host | Workspace | Gpr | Allocation | BootstrapToken | OverlayRecord | ReservationRecord
+T = TypeVar("T", Site, Host, Workspace, Gpr, Allocation, BootstrapToken, OverlayRecord, ReservationRecord)
 
 _KINDS: dict[type, str] = {
     Site: "site",
@@ -36,6 +37,7 @@ _KINDS: dict[type, str] = {
     Allocation: "allocation",
     BootstrapToken: "token",
     OverlayRecord: "overlay",
+    ReservationRecord: "reservation",
 }
 
 _SCHEMA = """
