@@ -259,15 +259,15 @@ def test_key_rotation_keeps_a_long_running_tcp_stream_alive(grid: Grid) -> None:
         assert exchanged, f"the stream did not start: {errors}"
         old, new = grid.mesh.rotate(grid.h1.host_id, "a")
         rotated_at = time.monotonic()
-        time.sleep(1.0)
         assert old != new
-        # The stream went on after the switch, on the same connection.
+        # The stream goes on after the switch, on the same connection (polled: a loaded machine is slow).
+        wait_for(lambda: errors or any(t > rotated_at + 0.5 for t in exchanged), 10, "the stream after the switch")
         assert not errors, errors
-        assert any(t > rotated_at + 0.5 for t in exchanged)
         gap = max(b - a for a, b in itertools.pairwise(exchanged))
         print(f"longest pause in the stream across the rotation: {gap:.3f} s")
-        # The switch costs one apply on each side and a handshake the switching host starts at once.
-        assert gap < 2.0, f"the stream stalled for {gap:.2f}s"
+        # The switch costs one apply on each side and a handshake the switching host starts at once
+        # (measured here: 24-230 ms). A dropped session would wait out WireGuard's 5 s handshake retry.
+        assert gap < 5.0, f"the stream stalled for {gap:.2f}s: longer than a handshake retry"
         for host in (grid.h2, grid.h3):
             spec = next(i for i in grid.mesh.plan.spec_for(host.host_id).interfaces  # type: ignore[union-attr]
                         if i.workspace == "a")
