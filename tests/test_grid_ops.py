@@ -21,6 +21,7 @@ from gridmesh.common.model import (
     GpuUuid,
     HostState,
     Inventory,
+    PlacementPolicy,
     PriorityTier,
     SiteName,
     SiteTier,
@@ -29,7 +30,7 @@ from gridmesh.common.model import (
 from gridmesh.controller import lifecycle, scheduler
 from gridmesh.controller.errors import FailedPrecondition, NotFound
 from gridmesh.controller.grid import Grid
-from gridmesh.controller.model import Gpr, GprSpec, GpuShape, Site, Workspace
+from gridmesh.controller.model import Gpr, GprSpec, GpuShape, PlacementSpec, Site, Workspace
 from gridmesh.controller.scheduler import Plan
 from gridmesh.controller.store import Store
 
@@ -571,3 +572,24 @@ def test_a_released_gpu_is_not_reused_until_the_host_reports_it_clean(grid: Grid
     assert grid.get_host("h1").released_gpus == ()
     assert [e.reason for e in grid.store.events(kind="gpu.clean")] == ["VerifiedClean"]
     assert place(grid) == 1 and hosts_of(grid, second.id) == ["h1"]
+
+
+def test_work_goes_where_its_model_artifact_already_is(store: Store, clock: FakeClock) -> None:
+    g = Grid(store, clock)
+    for site in ("a", "b"):
+        g.create_site(Site(name=SiteName(site), tier=SiteTier.CORE, region="eu"))
+        g.host_connected(f"{site}-1", site, inventory(f"{site}-1", 2), 0, "")
+    g.create_workspace(Workspace(name=WorkspaceName("ws")))
+
+    def gpr(site: str | None, artifact: str) -> Gpr:
+        placement = PlacementSpec(policy=PlacementPolicy.PINNED, site=SiteName(site)) if site else PlacementSpec()
+        return g.submit_gpr(GprSpec(workspace=WorkspaceName("ws"), shape=GpuShape(count=1),
+                                    priority_tier=PriorityTier.MEDIUM, priority=50, placement=placement,
+                                    model_artifact=artifact))
+
+    gpr("a", "")  # both hosts equally full, so only locality tells them apart
+    gpr("b", "llama-70b")
+    place(g)
+    follower = gpr(None, "llama-70b")
+    place(g)
+    assert hosts_of(g, follower.id) == ["b-1"]

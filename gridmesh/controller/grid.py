@@ -252,6 +252,12 @@ class Grid:
         for r in reservations:
             held[r.gpr_id] = held.get(r.gpr_id, 0) + 1
         live = {g.id: g for g in store.all(Gpr) if not g.state.terminal}
+        # Data locality: a site holds a model artifact once work using it has been placed there.
+        artifacts: dict[str, set[SiteName]] = {}
+        for a in allocations:
+            artifact = live[a.gpr_id].spec.model_artifact if a.gpr_id in live else ""
+            if artifact:
+                artifacts.setdefault(artifact, set()).add(a.site)
         pending = tuple(g for g in store.all(Gpr) if g.state in NEEDS_PLACEMENT
                         and held.get(g.id, 0) < g.spec.replicas)
         hosts = {h.id: h for h in store.all(Host)}
@@ -268,6 +274,7 @@ class Grid:
             gprs=live,
             reservations=reservations,
             preempted_at={g.id: g.preempted_at for g in live.values() if g.preempted_at is not None},
+            artifacts_at_site={k: frozenset(v) for k, v in artifacts.items()},
         )
 
     def apply_plan(self, plan: Plan) -> int:
@@ -277,14 +284,13 @@ class Grid:
         placements) pass ``scheduler.violations`` against the latest snapshot, they are committed
         together. Otherwise, and for plain placements, each GPR's placements are re-verified on top
         of those already accepted and committed whole or not at all; what no longer fits is re-planned
-        next round from fresh state (Nomad's plan-apply). Migrations are planned but not committed
-        yet (make-before-break moves need the workload runner), nor the reservations they would free.
+        next round from fresh state (Nomad's plan-apply). A migration is make-before-break: the new
+        allocation is committed now, the old one is released once the new one runs.
         """
         snapshot = self.snapshot()
-        reservations = tuple(r for r in plan.reservations if r.cause != "migration")
-        if plan.evictions or reservations or plan.dropped_reservations:
-            whole = Plan(placements=plan.placements, evictions=plan.evictions, reservations=reservations,
-                         dropped_reservations=plan.dropped_reservations)
+        if plan.evictions or plan.migrations or plan.reservations or plan.dropped_reservations:
+            whole = Plan(placements=plan.placements, evictions=plan.evictions, migrations=plan.migrations,
+                         reservations=plan.reservations, dropped_reservations=plan.dropped_reservations)
             problems = violations(snapshot, whole)
             if not problems:
                 return self._commit(whole)
@@ -329,6 +335,22 @@ class Grid:
                     lifecycle.transition(tx, gpr, S.PENDING, "Requeued", "waiting to run again", now)
                 else:  # other replicas still run: the missing ones are placed again
                     tx.event(self._event("gpr.preempted", gpr_id, "ReplicaPreempted", why))
+            for m in plan.migrations:
+                old = tx.get(Allocation, m.allocation_id)
+                gpr = tx.get(Gpr, m.gpr_id)
+                if old is None or gpr is None or gpr.state.terminal:
+                    continue
+                p = m.to
+                host = self._must(tx.get(Host, p.host_id), "host", p.host_id)
+                tx.put(Allocation(id=AllocationId(_new_id("alloc")), gpr_id=gpr.id, workspace=gpr.spec.workspace,
+                                  replica=p.replica, host_id=p.host_id, site=p.site, gpu_indexes=p.gpu_indexes,
+                                  gpu_uuids=p.gpu_uuids, created_at=now, mig_profile=p.mig_profile,
+                                  mig_starts=tuple(s.start for s in p.mig_slots), replaces=old.id))
+                tx.put(replace(host, desired_revision=tx.revision))
+                if gpr.state is S.RUNNING:
+                    lifecycle.transition(tx, gpr, S.MIGRATING, "Migrating", f"{m.reason}: {m}", now)
+                else:
+                    tx.event(self._event("gpr.migrating", gpr.id, "Migrating", f"{m.reason}: {m}"))
             for r in plan.reservations:
                 tx.put(ReservationRecord(reservation_id(r), r))
                 gpr = tx.get(Gpr, r.gpr_id)
@@ -540,7 +562,18 @@ class Grid:
             gpr = tx.get(Gpr, gpr_id)
             if gpr is None or gpr.state.terminal:
                 continue
-            allocations = [tx.get(Allocation, a.id) or a for a in self.store.allocations_of_gpr(gpr_id)]
+            allocations = [a for a in (tx.get(Allocation, a.id) for a in self.store.allocations_of_gpr(gpr_id))
+                           if a is not None]
+            # A move's new allocation runs: the old one goes (its devices become unclean, then free).
+            for a in [a for a in allocations if a.replaces and a.state is AllocationState.RUNNING]:
+                old = tx.get(Allocation, a.replaces or "")
+                if old is not None:
+                    self._release(tx, [old])
+                    tx.event(self._event("gpr.migrated", gpr_id, "Moved", f"replica {a.replica} moved from "
+                                         f"{old.host_id} to {a.host_id}"))
+                tx.put(replace(a, replaces=None))
+            allocations = [a for a in (tx.get(Allocation, a.id) for a in self.store.allocations_of_gpr(gpr_id))
+                           if a is not None]
             failed = [a for a in allocations if a.state is AllocationState.FAILED]
             if failed:
                 first = failed[0]

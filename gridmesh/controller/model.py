@@ -183,6 +183,8 @@ class Allocation:
     device_uuids: tuple[str, ...] = ()
     state: AllocationState = AllocationState.PENDING
     state_reason: str = ""
+    # Make-before-break: the allocation this one replaces, released once this one runs.
+    replaces: AllocationId | None = None
     revision: int = 0
 
 

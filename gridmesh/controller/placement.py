@@ -15,7 +15,7 @@ def placement_round(grid: Grid) -> int:
     grid.expire_due()
     snapshot = grid.snapshot()
     placed = 0
-    if snapshot.pending:
+    if snapshot.pending or snapshot.reservations:  # reservations turn into placements once clean
         plan = scheduler.plan(snapshot)
         placed = grid.apply_plan(plan)
         grid.note_unplaced(plan.unplaced)
