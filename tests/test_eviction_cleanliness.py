@@ -14,11 +14,11 @@ from gridmesh.agent.state import LocalState
 from gridmesh.common.model import GpuHealth, HostId, PriorityTier, SiteName, SiteTier, WorkspaceName
 from gridmesh.controller import scheduler
 from gridmesh.controller.grid import Grid
-from gridmesh.controller.hostspec import build_host_spec
 from gridmesh.controller.model import Gpr, GprSpec, GpuShape, Site, Workspace
 from gridmesh.controller.store import Store
 from gridmesh.hw.simhost import SimHost
 from gridmesh.hw.simulator import SimulatorBackend, parse_host_description
+from tests.hostsync import sync
 
 
 @pytest.fixture
@@ -35,17 +35,6 @@ def world(tmp_path: Path) -> Iterator[tuple[Grid, HostAgent, SimulatorBackend]]:
     store.close()
 
 
-def sync(grid: Grid, agent: HostAgent) -> None:
-    """What a session does: send the host its spec, take the ack and a status report."""
-    host = grid.get_host("h1")
-    spec = build_host_spec(host, grid.store.allocations_on_host("h1"), {g.id: g for g in grid.store.all(Gpr)})
-    grid.spec_sent("h1", spec.revision)
-    result = agent.apply(spec)
-    grid.spec_acknowledged("h1", result.revision, result.accepted, result.reason, result.statuses)
-    agent.tick()
-    grid.host_status("h1", agent.inventory(), agent.statuses(), agent.take_events(), agent.applied.revision)
-
-
 def submit(grid: Grid) -> Gpr:
     gpr = grid.submit_gpr(GprSpec(workspace=WorkspaceName("ws"), shape=GpuShape(count=1),
                                   priority_tier=PriorityTier.MEDIUM, priority=10))
@@ -57,26 +46,26 @@ def test_a_left_behind_process_keeps_the_gpu_from_the_next_tenant(
         world: tuple[Grid, HostAgent, SimulatorBackend]) -> None:
     grid, agent, sim = world
     first = submit(grid)
-    sync(grid, agent)
+    sync(grid, {"h1": agent})
     assert grid.get_gpr(first.id).state.name == "RUNNING"
     gpu = agent.inventory().gpus[0].uuid
     pid = sim.host.start_process(gpu, 512)  # the tenant's workload
 
     grid.cancel_gpr(first.id)
-    sync(grid, agent)  # released on the host; the workload's process did not go away
+    sync(grid, {"h1": agent})  # released on the host; the workload's process did not go away
     reported = grid.get_host("h1").inventory.gpus[0]
     assert reported.health is GpuHealth.UNCLEAN and f"pid {pid}" in reported.health_reason
     assert [e.reason for e in grid.store.events(kind="host.error")] == ["DeviceNotClean"]
 
     second = submit(grid)
-    sync(grid, agent)
+    sync(grid, {"h1": agent})
     assert grid.get_gpr(second.id).state.name == "PENDING"  # not given the unclean GPU
     explained = scheduler.explain(grid.snapshot(), grid.get_gpr(second.id))
     assert [(e.constraint, e.hosts_excluded) for e in explained.exclusions] == [("gpu_health", 1)]
 
     sim.host.end_process(pid)
-    sync(grid, agent)  # the agent re-checks, finds it clean, reports it; the controller lets it go
+    sync(grid, {"h1": agent})  # the agent re-checks, finds it clean, reports it; the controller lets it go
     assert grid.get_host("h1").released_gpus == ()
     grid.apply_plan(scheduler.plan(grid.snapshot()))
-    sync(grid, agent)
+    sync(grid, {"h1": agent})
     assert grid.get_gpr(second.id).state.name == "RUNNING"

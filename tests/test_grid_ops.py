@@ -33,21 +33,9 @@ from gridmesh.controller.grid import Grid
 from gridmesh.controller.model import Gpr, GprSpec, GpuShape, PlacementSpec, Site, Workspace
 from gridmesh.controller.scheduler import Plan
 from gridmesh.controller.store import Store
+from tests.hostsync import FakeClock
 
 S = GprState
-
-
-class FakeClock:
-    """Time that moves only when the test says so."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

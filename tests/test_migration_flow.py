@@ -14,29 +14,20 @@ from gridmesh.agent.host import HostAgent
 from gridmesh.agent.state import LocalState
 from gridmesh.common.model import GprState, HostId, PlacementPolicy, PriorityTier, SiteName, SiteTier, WorkspaceName
 from gridmesh.controller.grid import Grid
-from gridmesh.controller.hostspec import build_host_spec
-from gridmesh.controller.model import Gpr, GprSpec, GpuShape, PlacementSpec, RedistributionPolicy, Site, Workspace
+from gridmesh.controller.model import GprSpec, GpuShape, PlacementSpec, RedistributionPolicy, Site, Workspace
 from gridmesh.controller.placement import placement_round
 from gridmesh.controller.store import Store
 from gridmesh.hw.simhost import SimHost
 from gridmesh.hw.simulator import SimulatorBackend, parse_host_description
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
+from tests.hostsync import FakeClock, sync
 
 Agents = dict[str, HostAgent]
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[Grid, Agents, Clock]]:
+def world(tmp_path: Path) -> Iterator[tuple[Grid, Agents, FakeClock]]:
     store = Store(tmp_path / "grid.db")
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     grid = Grid(store, clock)
     grid.create_site(Site(name=SiteName("edge"), tier=SiteTier.FAR_EDGE, region="eu"))
     grid.create_site(Site(name=SiteName("near"), tier=SiteTier.NEAR_EDGE, region="eu"))
@@ -51,19 +42,7 @@ def world(tmp_path: Path) -> Iterator[tuple[Grid, Agents, Clock]]:
     store.close()
 
 
-def sync(grid: Grid, agents: Agents) -> None:
-    for host_id, agent in agents.items():
-        host = grid.get_host(host_id)
-        spec = build_host_spec(host, grid.store.allocations_on_host(host_id),
-                               {g.id: g for g in grid.store.all(Gpr)})
-        grid.spec_sent(host_id, spec.revision)
-        result = agent.apply(spec)
-        grid.spec_acknowledged(host_id, result.revision, result.accepted, result.reason, result.statuses)
-        agent.tick()
-        grid.host_status(host_id, agent.inventory(), agent.statuses(), agent.take_events(), agent.applied.revision)
-
-
-def test_pinned_work_moves_redistributable_work_make_before_break(world: tuple[Grid, Agents, Clock]) -> None:
+def test_pinned_work_moves_redistributable_work_make_before_break(world: tuple[Grid, Agents, FakeClock]) -> None:
     grid, agents, clock = world
     # The movable job prefers the far edge and lands there.
     movable = grid.submit_gpr(GprSpec(

@@ -21,27 +21,19 @@ from gridmesh.common.model import (
     WorkspaceName,
 )
 from gridmesh.controller.grid import Grid
-from gridmesh.controller.hostspec import build_host_spec
-from gridmesh.controller.model import Gpr, GprSpec, GpuShape, PlacementSpec, RedistributionPolicy, Site, Workspace
+from gridmesh.controller.model import GprSpec, GpuShape, PlacementSpec, RedistributionPolicy, Site, Workspace
 from gridmesh.controller.placement import placement_round
 from gridmesh.controller.records import ReservationRecord
 from gridmesh.controller.store import Store
 from gridmesh.hw.simhost import SimHost
 from gridmesh.hw.simulator import SimulatorBackend, parse_host_description
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.hostsync import FakeClock, sync
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[Grid, HostAgent, SimulatorBackend, Clock]]:
+def world(tmp_path: Path) -> Iterator[tuple[Grid, HostAgent, SimulatorBackend, FakeClock]]:
     store = Store(tmp_path / "grid.db")
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     grid = Grid(store, clock)
     grid.create_site(Site(name=SiteName("edge"), tier=SiteTier.FAR_EDGE, region="eu"))
     for ws in ("ran", "batch"):
@@ -54,17 +46,6 @@ def world(tmp_path: Path) -> Iterator[tuple[Grid, HostAgent, SimulatorBackend, C
     store.close()
 
 
-def sync(grid: Grid, agent: HostAgent) -> None:
-    """One session exchange: the spec to the host, its ack and a status report back."""
-    host = grid.get_host("edge-1")
-    spec = build_host_spec(host, grid.store.allocations_on_host("edge-1"), {g.id: g for g in grid.store.all(Gpr)})
-    grid.spec_sent("edge-1", spec.revision)
-    result = agent.apply(spec)
-    grid.spec_acknowledged("edge-1", result.revision, result.accepted, result.reason, result.statuses)
-    agent.tick()
-    grid.host_status("edge-1", agent.inventory(), agent.statuses(), agent.take_events(), agent.applied.revision)
-
-
 def spec(ws: str, tier: PriorityTier, priority: int, preemptible: bool) -> GprSpec:
     return GprSpec(workspace=WorkspaceName(ws), shape=GpuShape(count=1), priority_tier=tier, priority=priority,
                    placement=PlacementSpec(policy=PlacementPolicy.PINNED, tier=SiteTier.FAR_EDGE),
@@ -72,11 +53,11 @@ def spec(ws: str, tier: PriorityTier, priority: int, preemptible: bool) -> GprSp
 
 
 def test_high_ai_ran_evicts_low_batch_and_waits_for_a_clean_gpu(
-        world: tuple[Grid, HostAgent, SimulatorBackend, Clock]) -> None:
+        world: tuple[Grid, HostAgent, SimulatorBackend, FakeClock]) -> None:
     grid, agent, sim, clock = world
     batch = grid.submit_gpr(spec("batch", PriorityTier.LOW, 10, preemptible=True))
     placement_round(grid)
-    sync(grid, agent)
+    sync(grid, {"edge-1": agent})
     assert grid.get_gpr(batch.id).state is GprState.RUNNING
     gpu = agent.inventory().gpus[0].uuid
     pid = sim.host.start_process(gpu, 512)  # the batch job's process, slow to die
@@ -90,15 +71,15 @@ def test_high_ai_ran_evicts_low_batch_and_waits_for_a_clean_gpu(
     assert grid.get_gpr(ran.id).state is GprState.PENDING
     assert [r.reservation.gpr_id for r in grid.store.all(ReservationRecord)] == [ran.id]
 
-    sync(grid, agent)  # the host drops the batch allocation; its process is still there
+    sync(grid, {"edge-1": agent})  # the host drops the batch allocation; its process is still there
     placement_round(grid)
     assert grid.get_gpr(ran.id).state is GprState.PENDING  # the GPU is not clean yet
     assert grid.store.allocations_on_host("edge-1") == []
 
     sim.host.end_process(pid)
-    sync(grid, agent)  # verified clean and reported
+    sync(grid, {"edge-1": agent})  # verified clean and reported
     placement_round(grid)
-    sync(grid, agent)
+    sync(grid, {"edge-1": agent})
     assert grid.get_gpr(ran.id).state is GprState.RUNNING
     assert grid.store.all(ReservationRecord) == []
     # The batch job waits for room, it is not evicted back and forth.

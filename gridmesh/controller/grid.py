@@ -48,7 +48,7 @@ from gridmesh.controller.model import (
     Workspace,
 )
 from gridmesh.controller.overlay import OverlayHost, plan_overlay, reports_from_status
-from gridmesh.controller.records import ReservationRecord, reservation_id
+from gridmesh.controller.records import ReservationRecord, reservation_key
 from gridmesh.controller.scheduler import Placement, Plan, Snapshot, violations
 from gridmesh.controller.scheduler.mig import table_for
 from gridmesh.controller.scheduler.types import Eviction, MigSlot
@@ -295,12 +295,8 @@ class Grid:
             if not problems:
                 return self._commit(whole)
             log.info("preemption no longer fits; placing what still does", extra={"problems": problems[:3]})
-        by_gpr: dict[GprId, list[Placement]] = {}
-        for p in plan.placements:
-            if p.after_eviction is None:
-                by_gpr.setdefault(p.gpr_id, []).append(p)
         accepted: list[Placement] = []
-        for gpr_id, placements in by_gpr.items():
+        for gpr_id, placements in groupby_gpr(p for p in plan.placements if p.after_eviction is None):
             gpr = self.store.gpr(gpr_id)
             if gpr is None or gpr.state not in NEEDS_PLACEMENT:
                 continue
@@ -317,7 +313,7 @@ class Grid:
         now = self.clock()
         with store.write() as tx:
             for r, why in plan.dropped_reservations:
-                tx.delete(ReservationRecord, reservation_id(r))
+                tx.delete(ReservationRecord, reservation_key(r.gpr_id, r.replica))
                 tx.event(self._event("gpr.reservation", r.gpr_id, "ReservationDropped", why))
             evicted: dict[GprId, list[Eviction]] = {}
             for e in plan.evictions:
@@ -340,19 +336,13 @@ class Grid:
                 gpr = tx.get(Gpr, m.gpr_id)
                 if old is None or gpr is None or gpr.state.terminal:
                     continue
-                p = m.to
-                host = self._must(tx.get(Host, p.host_id), "host", p.host_id)
-                tx.put(Allocation(id=AllocationId(_new_id("alloc")), gpr_id=gpr.id, workspace=gpr.spec.workspace,
-                                  replica=p.replica, host_id=p.host_id, site=p.site, gpu_indexes=p.gpu_indexes,
-                                  gpu_uuids=p.gpu_uuids, created_at=now, mig_profile=p.mig_profile,
-                                  mig_starts=tuple(s.start for s in p.mig_slots), replaces=old.id))
-                tx.put(replace(host, desired_revision=tx.revision))
+                self._allocate(tx, gpr, m.to, now, replaces=old.id)
                 if gpr.state is S.RUNNING:
                     lifecycle.transition(tx, gpr, S.MIGRATING, "Migrating", f"{m.reason}: {m}", now)
                 else:
                     tx.event(self._event("gpr.migrating", gpr.id, "Migrating", f"{m.reason}: {m}"))
             for r in plan.reservations:
-                tx.put(ReservationRecord(reservation_id(r), r))
+                tx.put(ReservationRecord(reservation_key(r.gpr_id, r.replica), r))
                 gpr = tx.get(Gpr, r.gpr_id)
                 if gpr is not None and r.cause == "preemption":
                     tx.put(replace(gpr, preempted_at=now))
@@ -362,14 +352,9 @@ class Grid:
                 if gpr is None or gpr.state not in NEEDS_PLACEMENT:
                     continue
                 for p in placements:
-                    host = self._must(tx.get(Host, p.host_id), "host", p.host_id)
-                    tx.put(Allocation(id=AllocationId(_new_id("alloc")), gpr_id=gpr.id, workspace=gpr.spec.workspace,
-                                      replica=p.replica, host_id=p.host_id, site=p.site, gpu_indexes=p.gpu_indexes,
-                                      gpu_uuids=p.gpu_uuids, created_at=now, mig_profile=p.mig_profile,
-                                      mig_starts=tuple(s.start for s in p.mig_slots)))
-                    tx.put(replace(host, desired_revision=tx.revision))
+                    self._allocate(tx, gpr, p, now)
                     if p.reservation:
-                        tx.delete(ReservationRecord, f"{p.gpr_id}/{p.replica}")
+                        tx.delete(ReservationRecord, reservation_key(p.gpr_id, p.replica))
                 hosts = ", ".join(str(p).split(" on ", 1)[1] for p in placements)
                 if gpr.state is S.PENDING:
                     lifecycle.transition(tx, gpr, S.PLACED, "Placed", f"placed on {hosts}", now)
@@ -592,6 +577,15 @@ class Grid:
         self._release(tx, self.store.allocations_of_gpr(gpr_id))
         self._drop_reservations(tx, gpr_id)
         lifecycle.transition(tx, gpr, S.FAILED, reason, message, now)
+
+    def _allocate(self, tx: Tx, gpr: Gpr, p: Placement, now: float, replaces: AllocationId | None = None) -> None:
+        """A new allocation for placement ``p``; its host gets a new desired revision."""
+        host = self._must(tx.get(Host, p.host_id), "host", p.host_id)
+        tx.put(Allocation(id=AllocationId(_new_id("alloc")), gpr_id=gpr.id, workspace=gpr.spec.workspace,
+                          replica=p.replica, host_id=p.host_id, site=p.site, gpu_indexes=p.gpu_indexes,
+                          gpu_uuids=p.gpu_uuids, created_at=now, mig_profile=p.mig_profile,
+                          mig_starts=tuple(s.start for s in p.mig_slots), replaces=replaces))
+        tx.put(replace(host, desired_revision=tx.revision))
 
     def _drop_reservations(self, tx: Tx, gpr_id: str, from_replica: int = 0) -> None:
         for r in self.store.all(ReservationRecord):

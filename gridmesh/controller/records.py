@@ -17,5 +17,6 @@ class ReservationRecord:
     revision: int = 0
 
 
-def reservation_id(r: Reservation) -> str:
-    return f"{r.gpr_id}/{r.replica}"
+def reservation_key(gpr_id: str, replica: int) -> str:
+    """The id of the reservation for one GPR replica (at most one at a time)."""
+    return f"{gpr_id}/{replica}"
